@@ -1,0 +1,31 @@
+"""awq_kernel_select: which AWQ kernel should this GPU run for this workload, and how fast is it?"""
+
+from .detect import ComputeCapability, Detection, GpuInfo, detect_compute_capability
+from .policy import DEFAULT_TABLE, KernelSpec, PolicyTable, register_kernel
+from .probes import Target, Verdict, register_probe
+from .select import INTERACTIVE, SERVING, NoKernelError, Selection, Workload, select_kernel
+
+CC = ComputeCapability
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CC",
+    "ComputeCapability",
+    "DEFAULT_TABLE",
+    "Detection",
+    "GpuInfo",
+    "INTERACTIVE",
+    "KernelSpec",
+    "NoKernelError",
+    "PolicyTable",
+    "SERVING",
+    "Selection",
+    "Target",
+    "Verdict",
+    "Workload",
+    "detect_compute_capability",
+    "register_kernel",
+    "register_probe",
+    "select_kernel",
+]

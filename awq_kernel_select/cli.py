@@ -1,0 +1,126 @@
+"""``awq-kernel-select``: detect | select | table.
+
+Errors are printed as one line (``error: ...``) with exit code 2; no tracebacks for user errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any, Sequence
+
+from .detect import Detection, DeviceIndexError, detect_compute_capability
+from .policy import DEFAULT_TABLE
+from .select import NoKernelError, Workload, select_kernel
+
+
+def _detection_dict(detection: Detection) -> dict[str, Any]:
+    return {
+        "source": detection.source,
+        "cuda_visible_devices": detection.cuda_visible_devices,
+        "gpus": [
+            {**asdict(g), "capability": list(g.capability) if g.capability else None}
+            for g in detection.gpus
+        ],
+        "attempts": [{"source": s, "outcome": o} for s, o in detection.attempts],
+    }
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    detection = detect_compute_capability(args.device)
+    if args.json:
+        print(json.dumps(_detection_dict(detection), indent=2))
+    else:
+        print(detection.summary())
+    return 0
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    if args.batch_size is not None:
+        return Workload.parse(args.batch_size)
+    return Workload.parse(args.workload)
+
+
+WHAT_IF_ASSUMPTIONS = ("triton_gpu", "torch_cuda_arch")
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    capability = None
+    if args.capability:
+        major, _, minor = args.capability.partition(".")
+        capability = (int(major), int(minor or 0))
+    detection = None if capability else detect_compute_capability(args.device)
+    # A what-if about a GPU that is not here: probes that need the GPU itself are assumed met,
+    # imports (AutoAWQ's extensions, Triton) are still checked on this machine.
+    assume = WHAT_IF_ASSUMPTIONS if capability and not detect_compute_capability() else ()
+    selection = select_kernel(
+        capability,
+        _workload(args),
+        args.checkpoint_version,
+        detection=detection,
+        force=args.kernel,
+        assume=assume,
+    )
+    if args.json:
+        out = selection.to_dict()
+        if detection is not None:
+            out["detection"] = _detection_dict(detection)
+        print(json.dumps(out, indent=2))
+    else:
+        if detection is not None:
+            print(detection.summary())
+            print()
+        print(selection.explain())
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    print(DEFAULT_TABLE.format())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="awq-kernel-select",
+        description="Which AWQ kernel should this GPU run for this workload, and how fast is it?",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    detect = sub.add_parser("detect", help="list the visible GPUs and their compute capability")
+    detect.add_argument("--device", type=int, default=None, help="only this GPU index")
+    detect.add_argument("--json", action="store_true", help="print JSON")
+    detect.set_defaults(func=_cmd_detect)
+
+    select = sub.add_parser("select", help="pick the AWQ kernel for this GPU and workload")
+    group = select.add_mutually_exclusive_group()
+    group.add_argument("--workload", choices=["interactive", "serving"], default="interactive")
+    group.add_argument("--batch-size", type=int, default=None, help="tokens per decode step")
+    select.add_argument("--capability", help="a compute capability such as 8.6 instead of detecting")
+    select.add_argument("--checkpoint-version", choices=["gemm", "gemv", "gemv_fast", "marlin"])
+    select.add_argument("--kernel", default=None, help="force this kernel (still checked)")
+    select.add_argument("--device", type=int, default=None, help="GPU index to select for")
+    select.add_argument("--json", action="store_true", help="print JSON")
+    select.set_defaults(func=_cmd_select)
+
+    table = sub.add_parser("table", help="print the policy table")
+    table.set_defaults(func=_cmd_table)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (NoKernelError, DeviceIndexError, ValueError, KeyError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
