@@ -1,0 +1,98 @@
+"""Timing primitives: CUDA events, warm-up thrown away, medians, CUDA-graph replays.
+
+``time_graph`` captures a *sequence* of calls (e.g. one per weight copy, so that no call reads
+weights left in L2 by the previous one) in one CUDA graph and times its replays: launch
+overhead is gone and what remains is the kernels' own time.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call time in microseconds over ``reps`` repetitions (after warm-up)."""
+
+    median_us: float
+    p10_us: float
+    p90_us: float
+    reps: int
+
+    @classmethod
+    def from_samples(cls, samples_us: Sequence[float]) -> Timing:
+        if not samples_us:
+            raise ValueError("no timing samples")
+        ordered = sorted(samples_us)
+        return cls(statistics.median(ordered), quantile(ordered, 0.1), quantile(ordered, 0.9), len(ordered))
+
+
+def quantile(ordered: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of already sorted samples."""
+    if not ordered:
+        raise ValueError("no samples")
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Timing:
+    """Each call timed by its own pair of CUDA events (launch overhead included)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1000.0)
+    return Timing.from_samples(samples)
+
+
+def time_graph(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: int = 3) -> Timing:
+    """Capture ``calls`` once in a CUDA graph; each replay's time divided by ``len(calls)``."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):  # compile, autotune and allocate outside the capture
+            for call in calls:
+                call()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1000.0 / len(calls))
+    del graph
+    return Timing.from_samples(samples)
+
+
+def copy_bandwidth(n_bytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    src = torch.empty(n_bytes // 2, dtype=torch.float16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    timing = time_eager(lambda: dst.copy_(src), reps=reps, warmup=3)
+    return 2 * n_bytes / (timing.median_us * 1e-6)
+
+
+def copies_to_evict_l2(bytes_per_copy: int, l2_bytes: int = 50 * 2**20, factor: int = 3) -> int:
+    """How many distinct weight copies to rotate so that none is served from L2."""
+    return max(2, -(-factor * l2_bytes // max(bytes_per_copy, 1)))

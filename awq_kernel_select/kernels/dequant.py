@@ -1,0 +1,59 @@
+"""Dequantize a whole packed layer to fp16 in one pass, for the large-M path (then cuBLAS).
+
+At thousands of tokens per forward the matmul is compute-bound and cuBLAS's fp16 GEMM beats any
+fused kernel; writing the fp16 weight once costs ``K * N * 2`` bytes, small beside the matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .tiles import dequant_gemm_layout_tile, dequant_gemv_layout_tile
+
+
+@triton.jit
+def dequantize_kernel(
+    qweight_ptr, qzeros_ptr, scales_ptr, out_ptr,
+    K, N,
+    stride_qweight, stride_qzeros, stride_scales, stride_out,
+    GEMV_LAYOUT: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_k = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    k0 = pid_k * BLOCK_K
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if GEMV_LAYOUT:  # out is W [N, K]
+        w = dequant_gemv_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_n, k0, K, N,
+                                     stride_qweight, stride_qzeros, stride_scales,
+                                     GROUP_SIZE, BLOCK_K, BLOCK_N)
+        tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], w,
+                 mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))
+    else:  # out is W^T [K, N]
+        w = dequant_gemm_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_k, pid_n, k0, K, N,
+                                     stride_qweight, stride_qzeros, stride_scales,
+                                     GROUP_SIZE, BLOCK_K, BLOCK_N)
+        tl.store(out_ptr + offs_k[:, None] * stride_out + offs_n[None, :], w,
+                 mask=(offs_k[:, None] < K) & (offs_n[None, :] < N))
+
+
+def dequantize_triton(
+    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, *,
+    gemv_layout: bool, in_features: int, out_features: int, group_size: int,
+) -> torch.Tensor:
+    """fp16 weight: ``[N, K]`` for the GEMV layout, ``[K, N]`` (= W^T) for the GEMM layout."""
+    K, N = in_features, out_features
+    block_k = min(group_size, 64)
+    block_n = 64
+    shape = (N, K) if gemv_layout else (K, N)
+    out = torch.empty(shape, dtype=torch.float16, device=qweight.device)
+    grid = (triton.cdiv(K, block_k), triton.cdiv(N, block_n))
+    dequantize_kernel[grid](
+        qweight, qzeros, scales, out, K, N,
+        qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
+        GEMV_LAYOUT=gemv_layout, GROUP_SIZE=group_size, BLOCK_K=block_k, BLOCK_N=block_n,
+    )
+    return out

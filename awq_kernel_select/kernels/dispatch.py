@@ -1,0 +1,143 @@
+"""Per-call dispatch: from the number of tokens M, pick the path and its tile configuration.
+
+=========  ===========================================  =====================================
+path       what runs                                    used for (defaults)
+=========  ===========================================  =====================================
+gemv       fused kernel, split-K, FMA (M=1) or 16-row   M <= 16 (decode)
+           ``tl.dot`` (M=2..16)
+gemm       fused kernel, ``tl.dot`` tiles, no split-K   16 < M < 1024 (prefill, serving)
+dequant    Triton dequantize to fp16, then cuBLAS       M >= 1024 (long prefill)
+torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
+=========  ===========================================  =====================================
+
+The thresholds live in :class:`DispatchPolicy`; the benchmark measures them per GPU. The tile
+configurations below were chosen from the sweep in ``benchmarks/kernels.py`` on an H100
+(``docs/kernels.md``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..layouts import PackedWeights
+from .matmul import MatmulConfig
+
+KernelPath = Literal["gemv", "gemm", "dequant", "torch"]
+PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "torch")
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    gemv_max_tokens: int = 16  # M <= this: the GEMV regime
+    dequant_min_tokens: int = 1024  # M >= this: dequantize + cuBLAS
+
+    def path_for(self, m: int) -> KernelPath:
+        if m <= self.gemv_max_tokens:
+            return "gemv"
+        if m >= self.dequant_min_tokens:
+            return "dequant"
+        return "gemm"
+
+
+DEFAULT_DISPATCH = DispatchPolicy()
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Triton kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def choose_path(m: int, device: torch.device, policy: DispatchPolicy = DEFAULT_DISPATCH) -> KernelPath:
+    return policy.path_for(m) if triton_usable(device) else "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return 4  # the interpreter: keep grids small
+
+
+def _pow2_floor(v: int) -> int:
+    return 1 << (max(v, 1).bit_length() - 1)
+
+
+def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_count: int) -> MatmulConfig:
+    """Tiles for M <= 16: enough programs (about 4 per SM) that every SM streams weights."""
+    block_k = min(group_size, 128)
+    if m == 1:
+        block_m, block_n, warps = 1, (64 if gemv_layout else 128), 4
+    else:
+        block_m, block_n, warps = 16, 64, 4
+    tiles = -(-n // block_n) * -(-m // block_m)
+    k_tiles = -(-k // block_k)
+    split = _pow2_floor(max(1, (4 * sm_count) // tiles))
+    split = min(split, _pow2_floor(k_tiles), 16)
+    return MatmulConfig(block_m, block_n, block_k, split, warps, 3)
+
+
+def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> MatmulConfig:
+    """Tensor-core tiles for 16 < M < 1024."""
+    block_k = min(group_size, 64)
+    if m <= 32:
+        return MatmulConfig(32, 64, block_k, 1, 4, 3)
+    if m <= 64:
+        return MatmulConfig(64, 64, block_k, 1, 4, 3)
+    return MatmulConfig(128, 128, block_k, 1, 8, 3)
+
+
+def awq_linear(
+    x: torch.Tensor,
+    weights: PackedWeights,
+    bias: torch.Tensor | None = None,
+    *,
+    path: KernelPath | Literal["auto"] = "auto",
+    policy: DispatchPolicy = DEFAULT_DISPATCH,
+    config: MatmulConfig | None = None,
+) -> torch.Tensor:
+    """``x [..., K] @ W^T + bias`` for packed weights of either layout; returns ``x.dtype``.
+
+    ``path="auto"`` picks by the number of rows (see the module docstring); a named path is
+    honoured as asked, and ``config`` overrides the tile choice (benchmarks, tuning).
+    """
+    from .dequant import dequantize_triton
+    from .matmul import awq_matmul
+    from .reference import reference_linear
+
+    if x.shape[-1] != weights.in_features:
+        raise ValueError(f"input has {x.shape[-1]} features, the layer expects {weights.in_features}")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"input dtype {x.dtype} is not supported: use float16 or bfloat16")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, weights.in_features)
+    m = x2.shape[0]
+    if m == 0:
+        return x.new_zeros(*lead, weights.out_features)
+    chosen = choose_path(m, x.device, policy) if path == "auto" else path
+    if chosen != "torch" and not triton_usable(x.device):
+        raise RuntimeError(f"path {chosen!r} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
+    gemv_layout = weights.layout == "gemv"
+    common = dict(gemv_layout=gemv_layout, in_features=weights.in_features,
+                  out_features=weights.out_features, group_size=weights.group_size)
+    if chosen == "torch":
+        out = reference_linear(x2, weights, bias)
+    elif chosen == "dequant":
+        w = dequantize_triton(weights.qweight, weights.qzeros, weights.scales, **common)  # type: ignore[arg-type]
+        w = w if gemv_layout else w.t()
+        out = torch.nn.functional.linear(x2.to(torch.float16), w, None if bias is None else bias.to(torch.float16))
+        out = out.to(x.dtype)
+    else:
+        if config is None:
+            n, k, g = weights.out_features, weights.in_features, weights.group_size
+            config = (gemv_config(m, n, k, g, gemv_layout, _sm_count(x.device)) if chosen == "gemv"
+                      else gemm_config(m, n, k, g, gemv_layout))
+        out = awq_matmul(x2, weights.qweight, weights.qzeros, weights.scales, bias,
+                         config=config, **common)  # type: ignore[arg-type]
+    return out.reshape(*lead, weights.out_features)

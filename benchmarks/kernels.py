@@ -1,0 +1,217 @@
+"""Kernel benchmark: this library's int4 paths vs fp16 cuBLAS, tinygemm, GemLite, AutoAWQ, floor.
+
+Run on a GPU::
+
+    python benchmarks/kernels.py --out docs/kernels            # the full table (a few minutes)
+    python benchmarks/kernels.py --sweep --out /tmp/sweep      # tile-configuration sweep
+
+Method: every layer is quantized to 4 bits with group size 128 from random normal weights (not
+zeros); each contender runs the same integers, scales and zeros. Each time is the median over
+CUDA-graph replays of a sequence of calls that rotates over enough weight copies (3x the 50 MB
+L2) that no call is served from L2; per-call time = replay time / calls. The floor is the packed
+bytes (weights, scales, zeros) over the measured device-to-device copy bandwidth (read + write).
+Before timing, each contender's output at M = 1 and 16 is compared with a float64 reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import peers  # noqa: E402
+
+from awq_kernel_select import layouts as L  # noqa: E402
+from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph  # noqa: E402
+from awq_kernel_select.kernels import awq_linear  # noqa: E402
+from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
+
+SHAPES_7B = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N)
+SHAPES_70B = [(8192, 8192), (8192, 28672), (28672, 8192)]
+MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096]
+GROUP = 128
+
+
+def make_layer(k: int, n: int, g: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn(n, k, device="cuda", generator=gen) * 0.02
+    return L.quantize_rtn(w, g)
+
+
+def packed_bytes(k: int, n: int, g: int) -> int:
+    return k * n // 2 + (k // g) * n * 2 + (k // g) * n // 2
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref).norm() / ref.norm())
+
+
+CONTENDERS: dict[str, Callable[..., Any]] = {
+    "fp16": peers.fp16_linear,
+    "ours_gemv_layout": peers.ours("gemv"),
+    "ours_gemm_layout": peers.ours("gemm"),
+    "ours_gemm_layout:gemv": peers.ours("gemm", "gemv"),
+    "ours_gemm_layout:gemm": peers.ours("gemm", "gemm"),
+    "ours_gemm_layout:dequant": peers.ours("gemm", "dequant"),
+    "tinygemm": peers.tinygemm,
+    "gemlite": peers.gemlite,
+    "autoawq": peers.autoawq,
+}
+FORCED_RANGE = {"gemv": (1, 64), "gemm": (2, 4096), "dequant": (16, 4096)}
+
+
+def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    bandwidth = copy_bandwidth()
+    print(f"device-to-device copy bandwidth: {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
+    shapes = SHAPES_7B + SHAPES_70B if not args.quick else [(4096, 11008), (8192, 28672)]
+    ms = MS if not args.quick else [1, 16, 256, 1024]
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for k, n in shapes:
+        copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
+        layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
+        fp16_copies = copies_to_evict_l2(k * n * 2)
+        ref_w = L.dequantize(L.pack(*layers[0], GROUP, "gemm"), torch.float64)
+        floor_us = packed_bytes(k, n, GROUP) / bandwidth * 1e6
+        for name, build in CONTENDERS.items():
+            if args.only and name not in args.only:
+                continue
+            try:
+                ops = [build(*layer, GROUP) for layer in layers[: (fp16_copies if name == "fp16" else copies)]]
+            except peers.Unavailable as exc:
+                print(f"  {name}: unavailable: {exc}", flush=True)
+                rows.append({"K": k, "N": n, "contender": name, "unavailable": str(exc)})
+                continue
+            forced = name.split(":")[1] if ":" in name else None
+            for m in ms:
+                if forced and not FORCED_RANGE[forced][0] <= m <= FORCED_RANGE[forced][1]:
+                    continue
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                if m in (1, 16):
+                    err = rel_err(ops[0](x), x.double() @ ref_w.t())
+                    errors.append({"K": k, "N": n, "M": m, "contender": name, "rel_err": err})
+                try:
+                    timing = time_graph([lambda op=op: op(x) for op in ops], reps=args.reps)
+                except Exception as exc:  # a peer failing at one size is reported, not fatal
+                    rows.append({"K": k, "N": n, "M": m, "contender": name, "error": f"{type(exc).__name__}: {exc}"})
+                    print(f"  {name} M={m}: {type(exc).__name__}: {exc}", flush=True)
+                    continue
+                rows.append({"K": k, "N": n, "M": m, "contender": name, "median_us": timing.median_us,
+                             "p10_us": timing.p10_us, "p90_us": timing.p90_us, "floor_us": floor_us})
+            del ops
+            torch.cuda.empty_cache()
+        print(f"{k}x{n}: done ({copies} copies)", flush=True)
+    return {"bandwidth_Bps": bandwidth, "rows": rows, "errors": errors}
+
+
+def sweep_configs(m: int, g: int) -> list[MatmulConfig]:
+    configs = []
+    bk = min(g, 128)
+    if m == 1:
+        for bn in (32, 64, 128, 256):
+            for warps in (2, 4, 8):
+                for split in (1, 2, 4, 8, 16):
+                    for stages in (2, 4):
+                        configs.append(MatmulConfig(1, bn, bk, split, warps, stages))
+    elif m <= 16:
+        for bn in (32, 64, 128):
+            for bk_ in (64, bk):
+                for split in (1, 2, 4, 8, 16):
+                    for stages in (2, 4):
+                        configs.append(MatmulConfig(16, bn, bk_, split, 4, stages))
+    else:
+        for bm in (32, 64, 128):
+            for bn in (64, 128):
+                for bk_ in (64, bk):
+                    for warps in (4, 8):
+                        for stages in (3, 4):
+                            configs.append(MatmulConfig(bm, bn, bk_, 1, warps, stages))
+    return sorted(set(configs), key=str)
+
+
+def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from awq_kernel_select.kernels.dispatch import _sm_count, gemm_config, gemv_config
+
+    results = []
+    shapes = SHAPES_7B + SHAPES_70B
+    for k, n in shapes:
+        copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
+        layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
+        for layout in ("gemm", "gemv"):
+            packed = [L.pack(*layer, GROUP, layout) for layer in layers]
+            for m in args.sweep_ms:
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                best: tuple[float, str] | None = None
+                heuristic = (gemv_config(m, n, k, GROUP, layout == "gemv", _sm_count(x.device)) if m <= 16
+                             else gemm_config(m, n, k, GROUP, layout == "gemv"))
+                timings = {}
+                for cfg in sweep_configs(m, GROUP) + [heuristic]:
+                    if str(cfg) in timings:
+                        continue
+                    try:
+                        t = time_graph([lambda p=p, c=cfg: awq_linear(x, p, None, config=c, path="gemv" if m <= 16 else "gemm")
+                                        for p in packed], reps=10, warmup=2).median_us
+                    except Exception as exc:
+                        print(f"  {cfg}: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+                        continue
+                    timings[str(cfg)] = t
+                    if best is None or t < best[0]:
+                        best = (t, str(cfg))
+                top = sorted(timings.items(), key=lambda kv: kv[1])[:5]
+                line = {"K": k, "N": n, "layout": layout, "M": m, "best": best, "heuristic": [str(heuristic), timings.get(str(heuristic))], "top5": top}
+                results.append(line)
+                print(json.dumps(line), flush=True)
+    return {"sweep": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("docs/kernels"))
+    parser.add_argument("--sweep", action="store_true", help="sweep tile configurations instead")
+    parser.add_argument("--sweep-ms", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--quick", action="store_true", help="two shapes, four M")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--only", nargs="*", help="contenders to run")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("this benchmark needs a CUDA GPU")
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "autoawq_path": peers.autoawq_path_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "group_size": GROUP,
+    }
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        pass
+    print(json.dumps(meta), flush=True)
+    started = time.time()
+    result = run_sweep(args) if args.sweep else run_table(args, args.out)
+    result["meta"] = meta
+    result["wall_s"] = time.time() - started
+    name = "sweep.json" if args.sweep else "kernels.json"
+    (args.out / name).write_text(json.dumps(result, indent=1))
+    if not args.sweep:
+        from report_kernels import write_report
+
+        write_report(result, args.out)
+    print(f"wrote {args.out / name} in {result['wall_s']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
