@@ -114,63 +114,73 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     return {"bandwidth_Bps": bandwidth, "rows": rows, "errors": errors}
 
 
-def sweep_configs(m: int, g: int) -> list[MatmulConfig]:
+def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
+    """The tile shapes the sweep tries (split-K is a run-time argument: it costs no compile)."""
+    gemv = layout == "gemv"
     configs = []
-    bk = min(g, 128)
     if m == 1:
         for bn in (32, 64, 128, 256):
-            for warps in (2, 4, 8):
-                for split in (1, 2, 4, 8, 16):
-                    for stages in (2, 4):
-                        configs.append(MatmulConfig(1, bn, bk, split, warps, stages))
+            for warps in (4, 8):
+                for stages in (2, 3):
+                    for split in (1, 2, 4, 8, 16):
+                        configs.append(MatmulConfig(1, bn, min(g, 128), split, warps, stages))
     elif m <= 16:
-        for bn in (32, 64, 128):
-            for bk_ in (64, bk):
+        for bn, bk in ((32, 128), (64, 128), (128, 128)) if gemv else ((128, 64), (128, 128), (256, 64)):
+            if not gemv and bk > g:
+                continue
+            for stages in (2, 3):
                 for split in (1, 2, 4, 8, 16):
-                    for stages in (2, 4):
-                        configs.append(MatmulConfig(16, bn, bk_, split, 4, stages))
+                    configs.append(MatmulConfig(16, bn, bk, split, 4, stages))
     else:
-        for bm in (32, 64, 128):
-            for bn in (64, 128):
-                for bk_ in (64, bk):
-                    for warps in (4, 8):
-                        for stages in (3, 4):
-                            configs.append(MatmulConfig(bm, bn, bk_, 1, warps, stages))
-    return sorted(set(configs), key=str)
+        for bm in (64, 128):
+            for warps in (4, 8):
+                for stages in (3, 4):
+                    configs.append(MatmulConfig(bm, 128, 128 if gemv else min(g, 64), 1, warps, stages))
+    return configs
 
 
-def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    from awq_kernel_select.kernels.dispatch import _sm_count, gemm_config, gemv_config
+def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """Time every configuration; write the best per (layout, K, N, G, M) as a tuned table."""
+    from awq_kernel_select.kernels.dispatch import pick_config
 
-    results = []
-    shapes = SHAPES_7B + SHAPES_70B
-    for k, n in shapes:
+    results, entries = [], []
+    for k, n in {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B}[args.shapes]:
         copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
         layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
         for layout in ("gemm", "gemv"):
             packed = [L.pack(*layer, GROUP, layout) for layer in layers]
             for m in args.sweep_ms:
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-                best: tuple[float, str] | None = None
-                heuristic = (gemv_config(m, n, k, GROUP, layout == "gemv", _sm_count(x.device)) if m <= 16
-                             else gemm_config(m, n, k, GROUP, layout == "gemv"))
-                timings = {}
-                for cfg in sweep_configs(m, GROUP) + [heuristic]:
-                    if str(cfg) in timings:
-                        continue
+                path = "gemv" if m <= 16 else "gemm"
+                timings: dict[str, float] = {}
+                best: tuple[float, MatmulConfig] | None = None
+                for cfg in sweep_configs(m, GROUP, layout):
                     try:
-                        t = time_graph([lambda p=p, c=cfg: awq_linear(x, p, None, config=c, path="gemv" if m <= 16 else "gemm")
+                        t = time_graph([lambda p=p, c=cfg: awq_linear(x, p, None, config=c, path=path)
                                         for p in packed], reps=10, warmup=2).median_us
                     except Exception as exc:
-                        print(f"  {cfg}: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+                        print(f"  {cfg}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                         continue
                     timings[str(cfg)] = t
                     if best is None or t < best[0]:
-                        best = (t, str(cfg))
-                top = sorted(timings.items(), key=lambda kv: kv[1])[:5]
-                line = {"K": k, "N": n, "layout": layout, "M": m, "best": best, "heuristic": [str(heuristic), timings.get(str(heuristic))], "top5": top}
+                        best = (t, cfg)
+                if m > 16:  # the alternative for large M: dequantize + cuBLAS
+                    timings["dequant"] = time_graph([lambda p=p: awq_linear(x, p, None, path="dequant")
+                                                     for p in packed], reps=10, warmup=2).median_us
+                heuristic = pick_config(x.device, path, layout, m, n, k, GROUP)
+                top = sorted(timings.items(), key=lambda kv: kv[1])[:4]
+                line = {"K": k, "N": n, "layout": layout, "M": m, "heuristic": str(heuristic),
+                        "best_us": best[0] if best else None, "top": top}
                 results.append(line)
                 print(json.dumps(line), flush=True)
+                if best is not None:
+                    cfg = best[1]
+                    entries.append({"layout": layout, "K": k, "N": n, "G": GROUP, "M": m, "us": round(best[0], 2),
+                                    "config": {"block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": cfg.block_k,
+                                               "split_k": cfg.split_k, "num_warps": cfg.num_warps,
+                                               "num_stages": cfg.num_stages}})
+        tuned = {"gpu": torch.cuda.get_device_name(), "source": "benchmarks/kernels.py --sweep", "entries": entries}
+        (out_dir / "tuned.json").write_text(json.dumps(tuned, indent=1))  # after every shape: partial results survive
     return {"sweep": results}
 
 
@@ -179,6 +189,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/kernels"))
     parser.add_argument("--sweep", action="store_true", help="sweep tile configurations instead")
     parser.add_argument("--sweep-ms", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--shapes", default="all", choices=["all", "7b", "70b"])
     parser.add_argument("--quick", action="store_true", help="two shapes, four M")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--only", nargs="*", help="contenders to run")
@@ -200,7 +211,7 @@ def main() -> None:
         pass
     print(json.dumps(meta), flush=True)
     started = time.time()
-    result = run_sweep(args) if args.sweep else run_table(args, args.out)
+    result = run_sweep(args, args.out) if args.sweep else run_table(args, args.out)
     result["meta"] = meta
     result["wall_s"] = time.time() - started
     name = "sweep.json" if args.sweep else "kernels.json"

@@ -18,8 +18,10 @@ configurations below were chosen from the sweep in ``benchmarks/kernels.py`` on 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -71,11 +73,12 @@ def _pow2_floor(v: int) -> int:
 
 def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_count: int) -> MatmulConfig:
     """Tiles for M <= 16: enough programs (about 4 per SM) that every SM streams weights."""
-    block_k = min(group_size, 128)
     if m == 1:
         block_m, block_n, warps = 1, (64 if gemv_layout else 128), 4
+        block_k = min(group_size, 128)
     else:
-        block_m, block_n, warps = 16, 64, 4
+        block_m, block_n, warps = 16, (64 if gemv_layout else 128), 4
+        block_k = 128 if gemv_layout else min(group_size, 128)
     tiles = -(-n // block_n) * -(-m // block_m)
     k_tiles = -(-k // block_k)
     split = _pow2_floor(max(1, (4 * sm_count) // tiles))
@@ -84,13 +87,50 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
 
 
 def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> MatmulConfig:
-    """Tensor-core tiles for 16 < M < 1024."""
-    block_k = min(group_size, 64)
-    if m <= 32:
-        return MatmulConfig(32, 64, block_k, 1, 4, 3)
-    if m <= 64:
-        return MatmulConfig(64, 64, block_k, 1, 4, 3)
-    return MatmulConfig(128, 128, block_k, 1, 8, 3)
+    """Tensor-core tiles for 16 < M < the dequantize threshold."""
+    block_k = 128 if gemv_layout else min(group_size, 64)
+    block_m = 32 if m <= 32 else (64 if m <= 64 else 128)
+    return MatmulConfig(block_m, 128, block_k, 1, 8 if block_m == 128 else 4, 3)
+
+
+#: Tile configurations measured best per GPU by ``benchmarks/kernels.py --sweep`` (shipped
+#: JSON, one file per GPU model). ``AWQ_KERNEL_SELECT_TUNED`` names another file.
+TUNED_DIR = Path(__file__).parent / "tuned"
+M_BUCKETS = (1, 16, 64, 256)  # the M each entry was tuned at; a call uses the next one up
+
+
+def m_bucket(m: int) -> int:
+    return next((b for b in M_BUCKETS if m <= b), M_BUCKETS[-1])
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_table(device_name: str) -> dict[tuple[str, int, int, int, int], MatmulConfig]:
+    custom = os.environ.get("AWQ_KERNEL_SELECT_TUNED")
+    files = [Path(custom)] if custom else sorted(TUNED_DIR.glob("*.json"))
+    table: dict[tuple[str, int, int, int, int], MatmulConfig] = {}
+    for path in files:
+        data = json.loads(path.read_text())
+        if data.get("gpu") != device_name:
+            continue
+        for e in data["entries"]:
+            table[(e["layout"], e["K"], e["N"], e["G"], e["M"])] = MatmulConfig(**e["config"])
+    return table
+
+
+def tuned_config(device: torch.device, layout: str, m: int, n: int, k: int, g: int) -> MatmulConfig | None:
+    if device.type != "cuda":
+        return None
+    return _tuned_table(torch.cuda.get_device_name(device)).get((layout, k, n, g, m_bucket(m)))
+
+
+def pick_config(device: torch.device, path: KernelPath, layout: str, m: int, n: int, k: int, g: int) -> MatmulConfig:
+    """The tuned configuration for this GPU and shape if there is one, else the heuristic."""
+    found = tuned_config(device, layout, m, n, k, g)
+    if found is not None and (path == "gemv") == (m_bucket(m) <= 16):
+        return found
+    if path == "gemv":
+        return gemv_config(m, n, k, g, layout == "gemv", _sm_count(device))
+    return gemm_config(m, n, k, g, layout == "gemv")
 
 
 def awq_linear(
@@ -135,9 +175,8 @@ def awq_linear(
         out = out.to(x.dtype)
     else:
         if config is None:
-            n, k, g = weights.out_features, weights.in_features, weights.group_size
-            config = (gemv_config(m, n, k, g, gemv_layout, _sm_count(x.device)) if chosen == "gemv"
-                      else gemm_config(m, n, k, g, gemv_layout))
+            config = pick_config(x.device, chosen, weights.layout, m, weights.out_features,
+                                 weights.in_features, weights.group_size)
         out = awq_matmul(x2, weights.qweight, weights.qzeros, weights.scales, bias,
                          config=config, **common)  # type: ignore[arg-type]
     return out.reshape(*lead, weights.out_features)

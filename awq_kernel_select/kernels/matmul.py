@@ -1,17 +1,17 @@
 """The fused int4 matmul: ``out = x @ W^T + bias`` with ``W`` dequantized in registers.
 
-One kernel serves both regimes, chosen by its meta-parameters:
+One kernel per packed layout; each serves both regimes, chosen by its meta-parameters:
 
 * **GEMV regime** (decode, M = 1..16): memory-bound. ``split_k`` programs share each block of
   output columns so that every SM streams weights even when N is small; M = 1 uses plain FMAs
-  (``BLOCK_M == 1``), M = 2..16 a 16-row ``tl.dot``. Partial sums meet in an fp32 workspace
-  through atomics, and the last program of a tile (counted with an atomic ticket) writes the
-  output and puts the workspace and its ticket back to zero: one launch, no memset.
-* **GEMM regime** (prefill, batched serving): ``tl.dot`` tiles of ``BLOCK_M x BLOCK_N``,
-  no split-K. The M tiles of one column block are neighbours in the launch order, so a
-  weight tile is read from DRAM once and from L2 after.
+  (``BLOCK_M == 1``), larger M a ``tl.dot``. Partial sums meet in an fp32 workspace through
+  atomics, and the last program of a tile (counted with an atomic ticket) writes the output
+  and puts the workspace and its ticket back to zero: one launch, no memset.
+* **GEMM regime** (prefill, batched serving): ``tl.dot`` tiles, no split-K. The M tiles of one
+  column block are neighbours in the launch order, so a weight tile is read from DRAM once.
 
-Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``.
+Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``. See ``tiles.py`` for the nibble
+arithmetic.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import dequant_gemm_layout_tile, dequant_gemv_layout_tile
+from .tiles import dequant_gemm_nibble, dequant_gemv_nibble, gemv_group_params
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,87 @@ class MatmulConfig:
         return (f"BM{self.block_m}/BN{self.block_n}/BK{self.block_k}/S{self.split_k}"
                 f"/w{self.num_warps}/s{self.num_stages}")
 
+    def check(self, gemv_layout: bool, group_size: int) -> None:
+        """Raise ``ValueError`` if the kernel cannot run this tile shape."""
+        bm, bn, bk = self.block_m, self.block_n, self.block_k
+        if bk % 8 or bn % 8:
+            raise ValueError(f"{self}: BLOCK_N and BLOCK_K must be multiples of 8")
+        if gemv_layout:
+            if bk > group_size and bk % group_size or bk < group_size and group_size % bk:
+                raise ValueError(f"{self}: BLOCK_K and group_size={group_size} must divide one another")
+            if bm > 1 and bk < 128:
+                raise ValueError(f"{self}: the GEMV-layout tl.dot path needs BLOCK_K >= 128")
+        else:
+            if bk > group_size or group_size % bk:
+                raise ValueError(f"{self}: BLOCK_K must divide group_size={group_size}")
+            if bm > 1 and (bn < 128 or bk < 16):
+                raise ValueError(f"{self}: the GEMM-layout tl.dot path needs BLOCK_N >= 128, BLOCK_K >= 16")
+        if bm > 1 and bm < 16:
+            raise ValueError(f"{self}: BLOCK_M is 1 (FMA) or >= 16 (tl.dot)")
+
+
+# --- epilogue ----------------------------------------------------------------------------------
+
 
 @triton.jit
-def _store_tile(out_ptr, bias_ptr, acc, offs_m, offs_n, M, N, stride_om, HAS_BIAS: tl.constexpr):
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=mask)
+def _emit_columns(acc, cols, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                  HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr):
+    """Store ``acc [BLOCK_M, len(cols)]`` to output columns ``cols``, or add it to the workspace."""
+    mask = (offs_m[:, None] < M) & (cols[None, :] < N)
+    if USE_SPLIT_K:
+        tl.atomic_add(workspace_ptr + offs_m[:, None] * N + cols[None, :], acc, mask=mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs_m[:, None] * stride_om + cols[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def awq_matmul_kernel(
+def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, bias_ptr, stride_om,
+                    split_k, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """After this program's partial sums are in: the last split of the tile writes the output."""
+    tl.debug_barrier()  # every thread's partial sum is in before the ticket is taken
+    ticket_ptr = tickets_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    if tl.atomic_add(ticket_ptr, 1) == split_k - 1:
+        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        partial_ptrs = workspace_ptr + offs_m[:, None] * N + offs_n[None, :]
+        zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        total = tl.atomic_add(partial_ptrs, zero, mask=mask)  # a coherent read of the sums
+        tl.store(partial_ptrs, zero, mask=mask)
+        tl.atomic_xchg(ticket_ptr, 0)
+        if HAS_BIAS:
+            total += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :],
+                 total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# --- GEMM layout: qweight [K, N/8] -------------------------------------------------------------
+
+
+@triton.jit
+def _gemm_layout_step(acc, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, C: tl.constexpr,
+                      FMA: tl.constexpr):
+    w = dequant_gemm_nibble(q, zero_words, scales_row_ptr, offs_pn, mask_pn, C)
+    if FMA:
+        acc += w.to(tl.float32) * x[:, None]
+    else:
+        acc = tl.dot(x, w, acc)
+    return acc
+
+
+@triton.jit
+def _gemm_layout_reduce_emit(acc, C: tl.constexpr, offs_pn, offs_m, M, N, out_ptr, workspace_ptr,
+                             bias_ptr, stride_om, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
+                             FMA: tl.constexpr):
+    if FMA:
+        acc = tl.sum(acc, axis=0)[None, :]
+    _emit_columns(acc, offs_pn * 8 + C, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                  HAS_BIAS, USE_SPLIT_K)
+
+
+@triton.jit
+def awq_gemm_layout_kernel(
     # pointers
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_ptr, workspace_ptr, tickets_ptr,
     # sizes
@@ -57,72 +126,123 @@ def awq_matmul_kernel(
     # strides (the last dimension of every tensor is contiguous)
     stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
     # meta-parameters
-    GEMV_LAYOUT: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_SPLIT_K: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC_ROWS: tl.constexpr,
 ):
+    FMA: tl.constexpr = BLOCK_M == 1
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_pn = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed (word) columns
+    mask_pn = offs_pn < N // 8
+    k_start = pid_k * k_iters_per_split * BLOCK_K
+    k_end = tl.minimum(k_start + k_iters_per_split * BLOCK_K, K)
+
+    # one accumulator per nibble position: acc_c holds output columns 8j + c
+    acc0 = tl.zeros((ACC_ROWS, BLOCK_N // 8), dtype=tl.float32)
+    acc1 = tl.zeros_like(acc0)
+    acc2 = tl.zeros_like(acc0)
+    acc3 = tl.zeros_like(acc0)
+    acc4 = tl.zeros_like(acc0)
+    acc5 = tl.zeros_like(acc0)
+    acc6 = tl.zeros_like(acc0)
+    acc7 = tl.zeros_like(acc0)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        q = tl.load(qweight_ptr + offs_k[:, None] * stride_qweight + offs_pn[None, :],
+                    mask=(offs_k[:, None] < K) & mask_pn[None, :], other=0)
+        group = k0 // GROUP_SIZE
+        zero_words = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=mask_pn, other=0)
+        scales_row_ptr = scales_ptr + group * stride_scales
+        if FMA:
+            x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+        else:
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                        mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
+        acc0 = _gemm_layout_step(acc0, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 0, FMA)
+        acc1 = _gemm_layout_step(acc1, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 1, FMA)
+        acc2 = _gemm_layout_step(acc2, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 2, FMA)
+        acc3 = _gemm_layout_step(acc3, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 3, FMA)
+        acc4 = _gemm_layout_step(acc4, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 4, FMA)
+        acc5 = _gemm_layout_step(acc5, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 5, FMA)
+        acc6 = _gemm_layout_step(acc6, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 6, FMA)
+        acc7 = _gemm_layout_step(acc7, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 7, FMA)
+
+    _gemm_layout_reduce_emit(acc0, 0, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                             HAS_BIAS, USE_SPLIT_K, FMA)
+    _gemm_layout_reduce_emit(acc1, 1, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                             HAS_BIAS, USE_SPLIT_K, FMA)
+    _gemm_layout_reduce_emit(acc2, 2, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                             HAS_BIAS, USE_SPLIT_K, FMA)
+    _gemm_layout_reduce_emit(acc3, 3, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                             HAS_BIAS, USE_SPLIT_K, FMA)
+    _gemm_layout_reduce_emit(acc4, 4, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                             HAS_BIAS, USE_SPLIT_K, FMA)
+    _gemm_layout_reduce_emit(acc5, 5, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                             HAS_BIAS, USE_SPLIT_K, FMA)
+    _gemm_layout_reduce_emit(acc6, 6, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                             HAS_BIAS, USE_SPLIT_K, FMA)
+    _gemm_layout_reduce_emit(acc7, 7, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                             HAS_BIAS, USE_SPLIT_K, FMA)
+    if USE_SPLIT_K:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, bias_ptr, stride_om,
+                        split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
+
+
+# --- GEMV layout: qweight [N, K/8] -------------------------------------------------------------
+
+
+@triton.jit
+def awq_gemv_layout_kernel(
+    # pointers
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_ptr, workspace_ptr, tickets_ptr,
+    # sizes
+    M, N, K, k_iters_per_split, split_k,
+    # strides (the last dimension of every tensor is contiguous)
+    stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
+    # meta-parameters
+    GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC_ROWS: tl.constexpr,
+):
+    FMA: tl.constexpr = BLOCK_M == 1
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
     k_start = pid_k * k_iters_per_split * BLOCK_K
     k_end = tl.minimum(k_start + k_iters_per_split * BLOCK_K, K)
 
-    # --- accumulate x[:, k_start:k_end] @ W[k_start:k_end, :] ------------------------------
-    if BLOCK_M == 1:  # FMA path: reduce over K once, after the loop
-        if GEMV_LAYOUT:
-            acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        else:
-            acc2 = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    if FMA:
+        acc = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        if BLOCK_M == 1:
-            x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-            if GEMV_LAYOUT:
-                w = dequant_gemv_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_n, k0, K, N,
-                                             stride_qweight, stride_qzeros, stride_scales,
-                                             GROUP_SIZE, BLOCK_K, BLOCK_N)
-                acc2 += w.to(tl.float32) * x[None, :]
+        offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
+        q = tl.load(qweight_ptr + offs_n[:, None] * stride_qweight + offs_pk[None, :],
+                    mask=mask_n[:, None] & (offs_pk[None, :] < K // 8), other=0)
+        zeros, scales = gemv_group_params(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
+                                          stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
+        for c in tl.static_range(8):
+            w = dequant_gemv_nibble(q, zeros, scales, c)  # W[n, 8j + c]
+            offs_k = offs_pk * 8 + c
+            if FMA:
+                x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+                acc += w.to(tl.float32) * x[None, :]
             else:
-                w = dequant_gemm_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_k, pid_n, k0, K, N,
-                                             stride_qweight, stride_qzeros, stride_scales,
-                                             GROUP_SIZE, BLOCK_K, BLOCK_N)
-                acc2 += w.to(tl.float32) * x[:, None]
-        else:
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                        mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
-            if GEMV_LAYOUT:
-                w = dequant_gemv_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_n, k0, K, N,
-                                             stride_qweight, stride_qzeros, stride_scales,
-                                             GROUP_SIZE, BLOCK_K, BLOCK_N)
+                x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                            mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
                 acc = tl.dot(x, tl.trans(w), acc)
-            else:
-                w = dequant_gemm_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_k, pid_n, k0, K, N,
-                                             stride_qweight, stride_qzeros, stride_scales,
-                                             GROUP_SIZE, BLOCK_K, BLOCK_N)
-                acc = tl.dot(x, w, acc)
-    if BLOCK_M == 1:
-        if GEMV_LAYOUT:
-            acc = tl.sum(acc2, axis=1)[None, :]
-        else:
-            acc = tl.sum(acc2, axis=0)[None, :]
-
-    # --- write out, or meet the other splits in the workspace ------------------------------
-    if not USE_SPLIT_K:
-        _store_tile(out_ptr, bias_ptr, acc, offs_m, offs_n, M, N, stride_om, HAS_BIAS)
-    else:
-        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        partial_ptrs = workspace_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.atomic_add(partial_ptrs, acc, mask=mask)
-        tl.debug_barrier()  # every thread's partial sum is in before the ticket is taken
-        ticket_ptr = tickets_ptr + pid_m * tl.num_programs(1) + pid_n
-        if tl.atomic_add(ticket_ptr, 1) == split_k - 1:  # the last split of this tile
-            total = tl.atomic_add(partial_ptrs, tl.zeros_like(acc), mask=mask)  # coherent read
-            tl.store(partial_ptrs, tl.zeros_like(acc), mask=mask)
-            tl.atomic_xchg(ticket_ptr, 0)
-            _store_tile(out_ptr, bias_ptr, total, offs_m, offs_n, M, N, stride_om, HAS_BIAS)
+    if FMA:
+        acc = tl.sum(acc, axis=1)[None, :]
+    _emit_columns(acc, offs_n, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                  HAS_BIAS, USE_SPLIT_K)
+    if USE_SPLIT_K:
+        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, bias_ptr, stride_om,
+                        split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
 # --- launcher ----------------------------------------------------------------------------------
@@ -165,23 +285,27 @@ def awq_matmul(
     if K != in_features:
         raise ValueError(f"x has {K} features, the layer expects {in_features}")
     cfg = config
-    if cfg.block_k > group_size or group_size % cfg.block_k:
-        raise ValueError(f"BLOCK_K={cfg.block_k} must divide group_size={group_size}")
+    cfg.check(gemv_layout, group_size)
     if x.stride(-1) != 1:
         x = x.contiguous()
     out = torch.empty(M, N, dtype=out_dtype or x.dtype, device=x.device)
     grid_m, grid_n = triton.cdiv(M, cfg.block_m), triton.cdiv(N, cfg.block_n)
     k_iters = triton.cdiv(triton.cdiv(K, cfg.block_k), cfg.split_k)
-    if cfg.split_k > 1:
+    split_k = triton.cdiv(triton.cdiv(K, cfg.block_k), k_iters)  # no empty splits
+    if split_k > 1:
         workspace, tickets = _workspace(x.device, max(M, 16), N, grid_m * grid_n)
     else:
         workspace, tickets = out, out  # unused
-    awq_matmul_kernel[(grid_m, grid_n, cfg.split_k)](
+    if gemv_layout:
+        kernel, acc_rows = awq_gemv_layout_kernel, cfg.block_m
+    else:
+        kernel, acc_rows = awq_gemm_layout_kernel, (cfg.block_k if cfg.block_m == 1 else cfg.block_m)
+    kernel[(grid_m, grid_n, split_k)](
         x, qweight, qzeros, scales, bias if bias is not None else out, out, workspace, tickets,
-        M, N, K, k_iters, cfg.split_k,
+        M, N, K, k_iters, split_k,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
-        GEMV_LAYOUT=gemv_layout, GROUP_SIZE=group_size, HAS_BIAS=bias is not None,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, USE_SPLIT_K=cfg.split_k > 1,
+        GROUP_SIZE=group_size, HAS_BIAS=bias is not None, USE_SPLIT_K=split_k > 1,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ACC_ROWS=acc_rows,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

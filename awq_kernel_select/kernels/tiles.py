@@ -1,11 +1,18 @@
-"""Triton helpers: load one tile of AutoAWQ's packed weights and dequantize it in registers.
+"""Triton helpers that dequantize AutoAWQ's packed int4 words nibble by nibble.
 
-Both helpers need the tile to lie inside one quantization group (``BLOCK_K <= GROUP_SIZE``;
-the launchers guarantee it), so the scales and zeros of a tile are one row of values.
+A packed tile is never reshaped to ``[BLOCK_K, BLOCK_N]`` (a reshape of the unpacked nibbles
+costs a trip through shared memory). Instead each of the 8 nibble positions ``c`` of a word is
+taken in turn, with the same register layout as the loaded words:
 
-int4 -> fp16 without an int-to-float conversion: ``0x6400 | q`` read as fp16 is ``1024 + q``
-exactly, so ``(1024 + q) - (1024 + z)`` is the exact integer ``q - z`` in fp16, and a single
-multiply by the scale rounds once, as AutoAWQ's own ``(q - z) * s`` does.
+* GEMM layout: nibble ``c`` of word ``[k, j]`` is output column ``8j + c`` (its bit offset is
+  ``4 * REVERSE[c]``, ``REVERSE = [0, 4, 1, 5, 2, 6, 3, 7]``, from AutoAWQ's interleaved order
+  ``[0, 2, 4, 6, 1, 3, 5, 7]``), so the kernel keeps one accumulator per ``c``;
+* GEMV layout: nibble ``c`` of word ``[n, j]`` is input column ``8j + c``, so it meets the
+  ``x`` values ``x[8j + c]`` and all 8 positions add into one accumulator.
+
+int4 -> fp16 without a conversion instruction: ``0x6400 | q`` read as fp16 is ``1024 + q``
+exactly, so ``(1024 + q) - (1024 + z)`` is the exact integer ``q - z``, and one multiply by the
+scale rounds once, as AutoAWQ's own ``(q - z) * s`` does.
 """
 
 from __future__ import annotations
@@ -15,68 +22,55 @@ import triton.language as tl
 
 
 @triton.jit
-def int4_to_f16_plus_1024(q):
-    """``1024 + q`` as fp16 for int32 ``q`` in 0..15 (bit trick, no conversion instruction)."""
-    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+def nibble_as_f16_plus_1024(words, SHIFT: tl.constexpr):
+    """``1024 + ((words >> SHIFT) & 0xF)`` as fp16, by bit pattern."""
+    return (((words >> SHIFT) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
 
 
 @triton.jit
-def dequant_gemm_layout_tile(
-    qweight_ptr, qzeros_ptr, scales_ptr,
-    offs_k, pid_n, k0, K, N,
-    stride_qweight, stride_qzeros, stride_scales,
-    GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """fp16 ``W[k, n]`` for rows ``offs_k`` and the ``pid_n``-th block of ``BLOCK_N`` columns.
-
-    GEMM layout: ``qweight [K, N/8]``, nibble ``i`` of a word holds column ``8j + ORDER[i]``,
-    ``ORDER = [0, 2, 4, 6, 1, 3, 5, 7]``; so column ``8j + c`` sits at shift
-    ``4 * REVERSE[c] = 4 * (c // 2) + 16 * (c % 2)``.
-    """
-    offs_pn = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed columns
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_pn = offs_pn < N // 8
-    q = tl.load(
-        qweight_ptr + offs_k[:, None] * stride_qweight + offs_pn[None, :],
-        mask=(offs_k[:, None] < K) & mask_pn[None, :], other=0,
-    )
-    group = k0 // GROUP_SIZE
-    z = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=mask_pn, other=0)
-    s = tl.load(scales_ptr + group * stride_scales + offs_n, mask=offs_n < N, other=0.0)
-
-    c = tl.arange(0, 8)
-    shifts = 4 * (c // 2) + 16 * (c % 2)
-    q = tl.reshape((q[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_K, BLOCK_N))
-    z = tl.reshape((z[:, None] >> shifts[None, :]) & 0xF, (BLOCK_N,))
-    w = (int4_to_f16_plus_1024(q) - int4_to_f16_plus_1024(z)[None, :]) * s.to(tl.float16)[None, :]
-    return w  # [BLOCK_K, BLOCK_N]
+def gemm_shift(C: tl.constexpr):
+    """Bit offset of output column ``8j + C`` inside GEMM-layout word ``j``."""
+    return 4 * (C // 2) + 16 * (C % 2)
 
 
 @triton.jit
-def dequant_gemv_layout_tile(
-    qweight_ptr, qzeros_ptr, scales_ptr,
-    offs_n, k0, K, N,
-    stride_qweight, stride_qzeros, stride_scales,
-    GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """fp16 ``W[n, k]`` (transposed tile) for rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K``.
+def dequant_gemm_nibble(q, zero_words, scales_ptr, offs_pn, mask_pn, C: tl.constexpr):
+    """fp16 weights ``W[k, 8j + C]`` for a ``[BLOCK_K, BLOCK_N / 8]`` tile of GEMM-layout words.
 
-    GEMV layout: ``qweight [N, K/8]`` with nibble ``i`` holding column ``8j + i``;
-    ``qzeros [N, Z]`` packs the zero of group ``g`` in word ``g // 8``, nibble ``g % 8``;
-    ``scales [N, 8Z]`` holds group ``g`` in column ``g``.
+    ``zero_words`` are the tile's qzeros words ``[BLOCK_N / 8]``; ``scales_ptr`` points at the
+    tile's group row of ``scales``.
     """
-    offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-    mask_n = offs_n < N
-    q = tl.load(
-        qweight_ptr + offs_n[:, None] * stride_qweight + offs_pk[None, :],
-        mask=mask_n[:, None] & (offs_pk[None, :] < K // 8), other=0,
-    )
-    group = k0 // GROUP_SIZE
-    z = tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n, other=0)
-    z = (z >> ((group % 8) * 4)) & 0xF
-    s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n, other=0.0)
+    shift = gemm_shift(C)
+    s = tl.load(scales_ptr + offs_pn * 8 + C, mask=mask_pn, other=0.0).to(tl.float16)
+    z = nibble_as_f16_plus_1024(zero_words, shift)
+    return (nibble_as_f16_plus_1024(q, shift) - z[None, :]) * s[None, :]
 
-    shifts = 4 * tl.arange(0, 8)
-    q = tl.reshape((q[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
-    w = (int4_to_f16_plus_1024(q) - int4_to_f16_plus_1024(z)[:, None]) * s.to(tl.float16)[:, None]
-    return w  # [BLOCK_N, BLOCK_K]
+
+@triton.jit
+def dequant_gemv_nibble(q, zeros_f16, scales_f16, C: tl.constexpr):
+    """fp16 weights ``W[n, 8j + C]`` for a ``[BLOCK_N, BLOCK_K / 8]`` tile of GEMV-layout words.
+
+    ``zeros_f16`` and ``scales_f16`` broadcast against the tile: ``[BLOCK_N, 1]`` when the tile
+    lies in one group, ``[BLOCK_N, BLOCK_K / 8]`` when it spans several.
+    """
+    return (nibble_as_f16_plus_1024(q, 4 * C) - zeros_f16) * scales_f16
+
+
+@triton.jit
+def gemv_group_params(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                      GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """GEMV-layout zeros (as ``1024 + z`` fp16) and scales for the tile starting at column ``k0``."""
+    if BLOCK_K <= GROUP_SIZE:  # one group: one value per row
+        group = k0 // GROUP_SIZE
+        zw = tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n, other=0)
+        z = (((zw >> ((group % 8) * 4)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n, other=0.0).to(tl.float16)
+        return z[:, None], s[:, None]
+    else:  # several groups: one value per packed column j (8 columns never straddle a group)
+        group = (k0 + 8 * tl.arange(0, BLOCK_K // 8)) // GROUP_SIZE
+        zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + (group // 8)[None, :],
+                     mask=mask_n[:, None], other=0)
+        z = (((zw >> ((group % 8) * 4)[None, :]) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group[None, :],
+                    mask=mask_n[:, None], other=0.0).to(tl.float16)
+        return z, s
