@@ -119,13 +119,13 @@ def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     gemv = layout == "gemv"
     configs = []
     if m == 1:
-        for bn in (32, 64, 128, 256):
+        for bn in (64, 128, 256):
             for warps in (4, 8):
                 for stages in (2, 3):
                     for split in (1, 2, 4, 8, 16):
                         configs.append(MatmulConfig(1, bn, min(g, 128), split, warps, stages))
     elif m <= 16:
-        for bn, bk in ((32, 128), (64, 128), (128, 128)) if gemv else ((128, 64), (128, 128), (256, 64)):
+        for bn, bk in ((32, 128), (64, 128), (128, 128)) if gemv else ((64, 128), (128, 64), (128, 128), (256, 64)):
             if not gemv and bk > g:
                 continue
             for stages in (2, 3):
@@ -133,9 +133,10 @@ def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
                     configs.append(MatmulConfig(16, bn, bk, split, 4, stages))
     else:
         for bm in (64, 128):
-            for warps in (4, 8):
-                for stages in (3, 4):
-                    configs.append(MatmulConfig(bm, 128, 128 if gemv else min(g, 64), 1, warps, stages))
+            for bn in (64, 128):
+                for warps in (4, 8):
+                    for stages in (3, 4):
+                        configs.append(MatmulConfig(bm, bn, min(g, 64), 1, warps, stages))
     return configs
 
 
@@ -147,9 +148,9 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     for k, n in {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B}[args.shapes]:
         copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
         layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
-        for layout in ("gemm", "gemv"):
+        for layout in args.layouts:
             packed = [L.pack(*layer, GROUP, layout) for layer in layers]
-            for m in args.sweep_ms:
+            for m in (args.sweep_ms if layout == "gemm" else args.sweep_ms_gemv or args.sweep_ms):
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                 path = "gemv" if m <= 16 else "gemm"
                 timings: dict[str, float] = {}
@@ -180,7 +181,7 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                                                "split_k": cfg.split_k, "num_warps": cfg.num_warps,
                                                "num_stages": cfg.num_stages}})
         tuned = {"gpu": torch.cuda.get_device_name(), "source": "benchmarks/kernels.py --sweep", "entries": entries}
-        (out_dir / "tuned.json").write_text(json.dumps(tuned, indent=1))  # after every shape: partial results survive
+        (out_dir / f"tuned-{'-'.join(args.layouts)}.json").write_text(json.dumps(tuned, indent=1))  # after every shape: partial results survive
     return {"sweep": results}
 
 
@@ -189,6 +190,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/kernels"))
     parser.add_argument("--sweep", action="store_true", help="sweep tile configurations instead")
     parser.add_argument("--sweep-ms", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--layouts", nargs="+", default=["gemm", "gemv"])
+    parser.add_argument("--sweep-ms-gemv", type=int, nargs="*", help="M values for the GEMV layout")
     parser.add_argument("--shapes", default="all", choices=["all", "7b", "70b"])
     parser.add_argument("--quick", action="store_true", help="two shapes, four M")
     parser.add_argument("--reps", type=int, default=30)

@@ -78,7 +78,7 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
         block_k = min(group_size, 128)
     else:
         block_m, block_n, warps = 16, (64 if gemv_layout else 128), 4
-        block_k = 128 if gemv_layout else min(group_size, 128)
+        block_k = min(group_size, 128)
     tiles = -(-n // block_n) * -(-m // block_m)
     k_tiles = -(-k // block_k)
     split = _pow2_floor(max(1, (4 * sm_count) // tiles))
@@ -88,7 +88,7 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
 
 def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> MatmulConfig:
     """Tensor-core tiles for 16 < M < the dequantize threshold."""
-    block_k = 128 if gemv_layout else min(group_size, 64)
+    block_k = min(group_size, 64)
     block_m = 32 if m <= 32 else (64 if m <= 64 else 128)
     return MatmulConfig(block_m, 128, block_k, 1, 8 if block_m == 128 else 4, 3)
 
@@ -105,8 +105,8 @@ def m_bucket(m: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _tuned_table(device_name: str) -> dict[tuple[str, int, int, int, int], MatmulConfig]:
-    custom = os.environ.get("AWQ_KERNEL_SELECT_TUNED")
-    files = [Path(custom)] if custom else sorted(TUNED_DIR.glob("*.json"))
+    custom = os.environ.get("AWQ_KERNEL_SELECT_TUNED")  # files separated by os.pathsep; later wins
+    files = [Path(f) for f in custom.split(os.pathsep) if f] if custom else sorted(TUNED_DIR.glob("*.json"))
     table: dict[tuple[str, int, int, int, int], MatmulConfig] = {}
     for path in files:
         data = json.loads(path.read_text())

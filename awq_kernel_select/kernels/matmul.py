@@ -1,5 +1,9 @@
 """The fused int4 matmul: ``out = x @ W^T + bias`` with ``W`` dequantized in registers.
 
+History that shaped it (H100 sweeps, docs/kernels.md): whole-tile dequantization beat
+per-nibble accumulators on the GEMM layout (12.6 vs 18.0 us at 4096x4096, M=1); per-nibble FMA
+is kept for the GEMV layout at M=1, where it is the fastest of our paths.
+
 One kernel per packed layout; each serves both regimes, chosen by its meta-parameters:
 
 * **GEMV regime** (decode, M = 1..16): memory-bound. ``split_k`` programs share each block of
@@ -22,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import dequant_gemm_nibble, dequant_gemv_nibble, gemv_group_params
+from .tiles import dequant_gemm_layout_tile, dequant_gemv_layout_tile, dequant_gemv_nibble, gemv_group_params
 
 
 @dataclass(frozen=True)
@@ -43,16 +47,13 @@ class MatmulConfig:
         bm, bn, bk = self.block_m, self.block_n, self.block_k
         if bk % 8 or bn % 8:
             raise ValueError(f"{self}: BLOCK_N and BLOCK_K must be multiples of 8")
-        if gemv_layout:
+        if gemv_layout and bm == 1:  # nibble-wise FMA: a tile may span several groups
             if bk > group_size and bk % group_size or bk < group_size and group_size % bk:
                 raise ValueError(f"{self}: BLOCK_K and group_size={group_size} must divide one another")
-            if bm > 1 and bk < 128:
-                raise ValueError(f"{self}: the GEMV-layout tl.dot path needs BLOCK_K >= 128")
-        else:
-            if bk > group_size or group_size % bk:
-                raise ValueError(f"{self}: BLOCK_K must divide group_size={group_size}")
-            if bm > 1 and (bn < 128 or bk < 16):
-                raise ValueError(f"{self}: the GEMM-layout tl.dot path needs BLOCK_N >= 128, BLOCK_K >= 16")
+        elif bk > group_size or group_size % bk:  # whole tiles lie inside one group
+            raise ValueError(f"{self}: BLOCK_K must divide group_size={group_size}")
+        if bm > 1 and (bn < 16 or bk < 16):
+            raise ValueError(f"{self}: the tl.dot path needs BLOCK_N, BLOCK_K >= 16")
         if bm > 1 and bm < 16:
             raise ValueError(f"{self}: BLOCK_M is 1 (FMA) or >= 16 (tl.dot)")
 
@@ -97,27 +98,6 @@ def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, b
 
 
 @triton.jit
-def _gemm_layout_step(acc, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, C: tl.constexpr,
-                      FMA: tl.constexpr):
-    w = dequant_gemm_nibble(q, zero_words, scales_row_ptr, offs_pn, mask_pn, C)
-    if FMA:
-        acc += w.to(tl.float32) * x[:, None]
-    else:
-        acc = tl.dot(x, w, acc)
-    return acc
-
-
-@triton.jit
-def _gemm_layout_reduce_emit(acc, C: tl.constexpr, offs_pn, offs_m, M, N, out_ptr, workspace_ptr,
-                             bias_ptr, stride_om, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
-                             FMA: tl.constexpr):
-    if FMA:
-        acc = tl.sum(acc, axis=0)[None, :]
-    _emit_columns(acc, offs_pn * 8 + C, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                  HAS_BIAS, USE_SPLIT_K)
-
-
-@triton.jit
 def awq_gemm_layout_kernel(
     # pointers
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_ptr, workspace_ptr, tickets_ptr,
@@ -127,66 +107,38 @@ def awq_gemm_layout_kernel(
     stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC_ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M == 1
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_pn = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed (word) columns
-    mask_pn = offs_pn < N // 8
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = pid_k * k_iters_per_split * BLOCK_K
     k_end = tl.minimum(k_start + k_iters_per_split * BLOCK_K, K)
 
-    # one accumulator per nibble position: acc_c holds output columns 8j + c
-    acc0 = tl.zeros((ACC_ROWS, BLOCK_N // 8), dtype=tl.float32)
-    acc1 = tl.zeros_like(acc0)
-    acc2 = tl.zeros_like(acc0)
-    acc3 = tl.zeros_like(acc0)
-    acc4 = tl.zeros_like(acc0)
-    acc5 = tl.zeros_like(acc0)
-    acc6 = tl.zeros_like(acc0)
-    acc7 = tl.zeros_like(acc0)
+    if FMA:  # reduce over K once, after the loop
+        acc2 = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        q = tl.load(qweight_ptr + offs_k[:, None] * stride_qweight + offs_pn[None, :],
-                    mask=(offs_k[:, None] < K) & mask_pn[None, :], other=0)
-        group = k0 // GROUP_SIZE
-        zero_words = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=mask_pn, other=0)
-        scales_row_ptr = scales_ptr + group * stride_scales
+        w = dequant_gemm_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_k, pid_n, k0, K, N,
+                                     stride_qweight, stride_qzeros, stride_scales,
+                                     GROUP_SIZE, BLOCK_K, BLOCK_N)
         if FMA:
             x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+            acc2 += w.to(tl.float32) * x[:, None]
         else:
             x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                         mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
-        acc0 = _gemm_layout_step(acc0, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 0, FMA)
-        acc1 = _gemm_layout_step(acc1, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 1, FMA)
-        acc2 = _gemm_layout_step(acc2, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 2, FMA)
-        acc3 = _gemm_layout_step(acc3, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 3, FMA)
-        acc4 = _gemm_layout_step(acc4, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 4, FMA)
-        acc5 = _gemm_layout_step(acc5, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 5, FMA)
-        acc6 = _gemm_layout_step(acc6, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 6, FMA)
-        acc7 = _gemm_layout_step(acc7, q, zero_words, scales_row_ptr, offs_pn, mask_pn, x, 7, FMA)
-
-    _gemm_layout_reduce_emit(acc0, 0, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                             HAS_BIAS, USE_SPLIT_K, FMA)
-    _gemm_layout_reduce_emit(acc1, 1, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                             HAS_BIAS, USE_SPLIT_K, FMA)
-    _gemm_layout_reduce_emit(acc2, 2, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                             HAS_BIAS, USE_SPLIT_K, FMA)
-    _gemm_layout_reduce_emit(acc3, 3, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                             HAS_BIAS, USE_SPLIT_K, FMA)
-    _gemm_layout_reduce_emit(acc4, 4, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                             HAS_BIAS, USE_SPLIT_K, FMA)
-    _gemm_layout_reduce_emit(acc5, 5, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                             HAS_BIAS, USE_SPLIT_K, FMA)
-    _gemm_layout_reduce_emit(acc6, 6, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                             HAS_BIAS, USE_SPLIT_K, FMA)
-    _gemm_layout_reduce_emit(acc7, 7, offs_pn, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                             HAS_BIAS, USE_SPLIT_K, FMA)
+            acc = tl.dot(x, w, acc)
+    if FMA:
+        acc = tl.sum(acc2, axis=0)[None, :]
+    _emit_columns(acc, offs_n, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
+                  HAS_BIAS, USE_SPLIT_K)
     if USE_SPLIT_K:
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, bias_ptr, stride_om,
                         split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
 
@@ -204,7 +156,7 @@ def awq_gemv_layout_kernel(
     stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC_ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M == 1
     pid_m = tl.program_id(0)
@@ -221,21 +173,25 @@ def awq_gemv_layout_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
-        q = tl.load(qweight_ptr + offs_n[:, None] * stride_qweight + offs_pk[None, :],
-                    mask=mask_n[:, None] & (offs_pk[None, :] < K // 8), other=0)
-        zeros, scales = gemv_group_params(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
-                                          stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
-        for c in tl.static_range(8):
-            w = dequant_gemv_nibble(q, zeros, scales, c)  # W[n, 8j + c]
-            offs_k = offs_pk * 8 + c
-            if FMA:
+        if FMA:  # nibble by nibble: no reshape, x gathered at stride 8
+            offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
+            q = tl.load(qweight_ptr + offs_n[:, None] * stride_qweight + offs_pk[None, :],
+                        mask=mask_n[:, None] & (offs_pk[None, :] < K // 8), other=0)
+            zeros, scales = gemv_group_params(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
+                                              stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
+            for c in tl.static_range(8):
+                w = dequant_gemv_nibble(q, zeros, scales, c)  # W[n, 8j + c]
+                offs_k = offs_pk * 8 + c
                 x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
                 acc += w.to(tl.float32) * x[None, :]
-            else:
-                x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                            mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
-                acc = tl.dot(x, tl.trans(w), acc)
+        else:  # whole tile for tl.dot
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            w = dequant_gemv_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_n, k0, K, N,
+                                         stride_qweight, stride_qzeros, stride_scales,
+                                         GROUP_SIZE, BLOCK_K, BLOCK_N)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                        mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
+            acc = tl.dot(x, tl.trans(w), acc)
     if FMA:
         acc = tl.sum(acc, axis=1)[None, :]
     _emit_columns(acc, offs_n, offs_m, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
@@ -296,16 +252,13 @@ def awq_matmul(
         workspace, tickets = _workspace(x.device, max(M, 16), N, grid_m * grid_n)
     else:
         workspace, tickets = out, out  # unused
-    if gemv_layout:
-        kernel, acc_rows = awq_gemv_layout_kernel, cfg.block_m
-    else:
-        kernel, acc_rows = awq_gemm_layout_kernel, (cfg.block_k if cfg.block_m == 1 else cfg.block_m)
+    kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     kernel[(grid_m, grid_n, split_k)](
         x, qweight, qzeros, scales, bias if bias is not None else out, out, workspace, tickets,
         M, N, K, k_iters, split_k,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
         GROUP_SIZE=group_size, HAS_BIAS=bias is not None, USE_SPLIT_K=split_k > 1,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ACC_ROWS=acc_rows,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -1,14 +1,13 @@
-"""Triton helpers that dequantize AutoAWQ's packed int4 words nibble by nibble.
+"""Triton helpers that dequantize tiles of AutoAWQ's packed int4 words in registers.
 
-A packed tile is never reshaped to ``[BLOCK_K, BLOCK_N]`` (a reshape of the unpacked nibbles
-costs a trip through shared memory). Instead each of the 8 nibble positions ``c`` of a word is
-taken in turn, with the same register layout as the loaded words:
+Two ways, each used where it measured faster on the H100 (docs/kernels.md):
 
-* GEMM layout: nibble ``c`` of word ``[k, j]`` is output column ``8j + c`` (its bit offset is
-  ``4 * REVERSE[c]``, ``REVERSE = [0, 4, 1, 5, 2, 6, 3, 7]``, from AutoAWQ's interleaved order
-  ``[0, 2, 4, 6, 1, 3, 5, 7]``), so the kernel keeps one accumulator per ``c``;
-* GEMV layout: nibble ``c`` of word ``[n, j]`` is input column ``8j + c``, so it meets the
-  ``x`` values ``x[8j + c]`` and all 8 positions add into one accumulator.
+* **whole tiles** (``dequant_*_layout_tile``): the 8 nibbles of each word are unpacked along a
+  new axis and the tile is reshaped to ``[BLOCK_K, BLOCK_N]`` (or ``[BLOCK_N, BLOCK_K]``): what
+  ``tl.dot`` and contiguous stores need;
+* **nibble by nibble** (``dequant_gemv_nibble``, GEMV layout): nibble ``c`` of word ``[n, j]``
+  is input column ``8j + c``; it is taken in the register layout of the loaded words, with no
+  reshape, and meets the ``x`` values ``x[8j + c]``.
 
 int4 -> fp16 without a conversion instruction: ``0x6400 | q`` read as fp16 is ``1024 + q``
 exactly, so ``(1024 + q) - (1024 + z)`` is the exact integer ``q - z``, and one multiply by the
@@ -25,25 +24,6 @@ import triton.language as tl
 def nibble_as_f16_plus_1024(words, SHIFT: tl.constexpr):
     """``1024 + ((words >> SHIFT) & 0xF)`` as fp16, by bit pattern."""
     return (((words >> SHIFT) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-
-
-@triton.jit
-def gemm_shift(C: tl.constexpr):
-    """Bit offset of output column ``8j + C`` inside GEMM-layout word ``j``."""
-    return 4 * (C // 2) + 16 * (C % 2)
-
-
-@triton.jit
-def dequant_gemm_nibble(q, zero_words, scales_ptr, offs_pn, mask_pn, C: tl.constexpr):
-    """fp16 weights ``W[k, 8j + C]`` for a ``[BLOCK_K, BLOCK_N / 8]`` tile of GEMM-layout words.
-
-    ``zero_words`` are the tile's qzeros words ``[BLOCK_N / 8]``; ``scales_ptr`` points at the
-    tile's group row of ``scales``.
-    """
-    shift = gemm_shift(C)
-    s = tl.load(scales_ptr + offs_pn * 8 + C, mask=mask_pn, other=0.0).to(tl.float16)
-    z = nibble_as_f16_plus_1024(zero_words, shift)
-    return (nibble_as_f16_plus_1024(q, shift) - z[None, :]) * s[None, :]
 
 
 @triton.jit
@@ -74,3 +54,74 @@ def gemv_group_params(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros,
         s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group[None, :],
                     mask=mask_n[:, None], other=0.0).to(tl.float16)
         return z, s
+
+
+# --- whole tiles ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _f16_plus_1024(q):
+    """``1024 + q`` as fp16 for int32 ``q`` in 0..15 (bit trick, no conversion instruction)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def dequant_gemm_layout_tile(
+    qweight_ptr, qzeros_ptr, scales_ptr,
+    offs_k, pid_n, k0, K, N,
+    stride_qweight, stride_qzeros, stride_scales,
+    GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """fp16 ``W[k, n]`` for rows ``offs_k`` and the ``pid_n``-th block of ``BLOCK_N`` columns.
+
+    GEMM layout: ``qweight [K, N/8]``, nibble ``i`` of a word holds column ``8j + ORDER[i]``,
+    ``ORDER = [0, 2, 4, 6, 1, 3, 5, 7]``; so column ``8j + c`` sits at shift
+    ``4 * REVERSE[c] = 4 * (c // 2) + 16 * (c % 2)``.
+    """
+    offs_pn = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed columns
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_pn = offs_pn < N // 8
+    q = tl.load(
+        qweight_ptr + offs_k[:, None] * stride_qweight + offs_pn[None, :],
+        mask=(offs_k[:, None] < K) & mask_pn[None, :], other=0,
+    )
+    group = k0 // GROUP_SIZE
+    z = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=mask_pn, other=0)
+    s = tl.load(scales_ptr + group * stride_scales + offs_n, mask=offs_n < N, other=0.0)
+
+    c = tl.arange(0, 8)
+    shifts = 4 * (c // 2) + 16 * (c % 2)
+    q = tl.reshape((q[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_K, BLOCK_N))
+    z = tl.reshape((z[:, None] >> shifts[None, :]) & 0xF, (BLOCK_N,))
+    w = (_f16_plus_1024(q) - _f16_plus_1024(z)[None, :]) * s.to(tl.float16)[None, :]
+    return w  # [BLOCK_K, BLOCK_N]
+
+
+@triton.jit
+def dequant_gemv_layout_tile(
+    qweight_ptr, qzeros_ptr, scales_ptr,
+    offs_n, k0, K, N,
+    stride_qweight, stride_qzeros, stride_scales,
+    GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """fp16 ``W[n, k]`` (transposed tile) for rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K``.
+
+    GEMV layout: ``qweight [N, K/8]`` with nibble ``i`` holding column ``8j + i``;
+    ``qzeros [N, Z]`` packs the zero of group ``g`` in word ``g // 8``, nibble ``g % 8``;
+    ``scales [N, 8Z]`` holds group ``g`` in column ``g``.
+    """
+    offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    mask_n = offs_n < N
+    q = tl.load(
+        qweight_ptr + offs_n[:, None] * stride_qweight + offs_pk[None, :],
+        mask=mask_n[:, None] & (offs_pk[None, :] < K // 8), other=0,
+    )
+    group = k0 // GROUP_SIZE
+    z = tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n, other=0)
+    z = (z >> ((group % 8) * 4)) & 0xF
+    s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n, other=0.0)
+
+    shifts = 4 * tl.arange(0, 8)
+    q = tl.reshape((q[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
+    w = (_f16_plus_1024(q) - _f16_plus_1024(z)[:, None]) * s.to(tl.float16)[:, None]
+    return w  # [BLOCK_N, BLOCK_K]
