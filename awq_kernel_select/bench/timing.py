@@ -41,6 +41,10 @@ def quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def _event() -> torch.cuda.Event:
+    return torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+
+
 def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Timing:
     """Each call timed by its own pair of CUDA events (launch overhead included)."""
     for _ in range(warmup):
@@ -48,7 +52,7 @@ def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Tim
     torch.cuda.synchronize()
     samples = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = _event(), _event()
         start.record()
         fn()
         end.record()
@@ -59,7 +63,7 @@ def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Tim
 
 def time_graph(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: int = 3) -> Timing:
     """Capture ``calls`` once in a CUDA graph; each replay's time divided by ``len(calls)``."""
-    stream = torch.cuda.Stream()
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(warmup):  # compile, autotune and allocate outside the capture
@@ -75,7 +79,7 @@ def time_graph(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: in
     torch.cuda.synchronize()
     samples = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = _event(), _event()
         start.record()
         graph.replay()
         end.record()

@@ -5,8 +5,8 @@ path       what runs                                    used for (defaults)
 =========  ===========================================  =====================================
 gemv       fused kernel, split-K, FMA (M=1) or 16-row   M <= 16 (decode)
            ``tl.dot`` (M=2..16)
-gemm       fused kernel, ``tl.dot`` tiles, no split-K   16 < M < 1024 (prefill, serving)
-dequant    Triton dequantize to fp16, then cuBLAS       M >= 1024 (long prefill)
+gemm       fused kernel, ``tl.dot`` tiles, no split-K   16 < M < 64 (small batches)
+dequant    Triton dequantize to fp16, then cuBLAS       M >= 64 (prefill, serving)
 torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
 =========  ===========================================  =====================================
 
@@ -36,7 +36,7 @@ PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "torch")
 @dataclass(frozen=True)
 class DispatchPolicy:
     gemv_max_tokens: int = 16  # M <= this: the GEMV regime
-    dequant_min_tokens: int = 1024  # M >= this: dequantize + cuBLAS
+    dequant_min_tokens: int = 64  # M >= this: dequantize + cuBLAS (H100 sweep: wins from 64 on)
 
     def path_for(self, m: int) -> KernelPath:
         if m <= self.gemv_max_tokens:

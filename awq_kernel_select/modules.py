@@ -1,0 +1,152 @@
+"""Drop-in replacements for AutoAWQ's ``WQLinear_GEMM`` and ``WQLinear_GEMV``.
+
+Same constructor, buffer names, shapes and dtypes, state dicts and ``from_linear`` semantics,
+so checkpoints load unchanged; the forward pass runs this library's kernels (Triton on GPUs,
+plain torch on the CPU) and accepts fp16 or bf16 inputs of any leading shape.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from . import layouts
+from .kernels.dispatch import DEFAULT_DISPATCH, DispatchPolicy, KernelPath, awq_linear
+from .layouts import PackedWeights
+
+
+class AWQLinear(nn.Module):
+    """A 4-bit linear layer in one of AutoAWQ's packed layouts (see ``layouts.py``)."""
+
+    layout: ClassVar[str]
+    kernel_name: ClassVar[str]
+
+    qweight: torch.Tensor
+    qzeros: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, w_bit: int, group_size: int, in_features: int, out_features: int,
+                 bias: bool, dev: torch.device | str | None = None, training: bool = False) -> None:
+        super().__init__()
+        if w_bit != 4:
+            raise ValueError(f"only 4-bit weights are supported, got w_bit={w_bit}")
+        group_size = in_features if group_size == -1 else group_size
+        if group_size <= 0 or in_features % group_size or in_features % 8 or out_features % 8:
+            raise ValueError(
+                f"in_features={in_features} must be a multiple of group_size={group_size} and of 8, "
+                f"out_features={out_features} a multiple of 8"
+            )
+        self.w_bit = w_bit
+        self.group_size = group_size
+        self.in_features = in_features
+        self.out_features = out_features
+        self.training = training
+        self.path: KernelPath | str = "auto"  # or a forced path: "gemv", "gemm", "dequant", "torch"
+        self.dispatch: DispatchPolicy = DEFAULT_DISPATCH
+        self._packed_cache: tuple[tuple[int, int, int], PackedWeights] | None = None
+        shapes = layouts.expected_shapes(self.layout, in_features, out_features, group_size)
+        self.register_buffer("qweight", torch.zeros(shapes["qweight"], dtype=torch.int32, device=dev))
+        self.register_buffer("qzeros", torch.zeros(shapes["qzeros"], dtype=torch.int32, device=dev))
+        self.register_buffer("scales", torch.zeros(shapes["scales"], dtype=torch.float16, device=dev))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float16, device=dev))
+        else:
+            self.bias = None
+
+    # --- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, w_bit: int, group_size: int, init_only: bool = False,
+                    scales: torch.Tensor | None = None, zeros: torch.Tensor | None = None) -> AWQLinear:
+        """As AutoAWQ's: ``scales``/``zeros`` are ``[K/G, N]`` for GEMM, ``[N, K/G]`` for GEMV.
+
+        The integers are ``round((W + z * s) / s)`` in the weight's dtype, as AutoAWQ computes
+        them, so the buffers are bit-identical to ``WQLinear_*.from_linear``'s.
+        """
+        module = cls(w_bit, group_size, linear.in_features, linear.out_features,
+                     linear.bias is not None, linear.weight.device)
+        if init_only:
+            return module
+        if scales is None or zeros is None:
+            raise ValueError("from_linear needs scales and zeros unless init_only=True")
+        if cls.layout == "gemm":  # AutoAWQ passes the GEMM version transposed scales/zeros
+            scales, zeros = scales.t(), zeros.t()
+        g = module.group_size
+        scales16 = scales.half()
+        scale_zeros = zeros * scales
+        w = linear.weight.data
+        # [N, K/G] -> [N, K], then AutoAWQ's arithmetic, in the weight's dtype
+        sz, s16 = scale_zeros.repeat_interleave(g, dim=1), scales16.repeat_interleave(g, dim=1)
+        intweight = torch.round((w + sz) / s16).to(torch.int32)
+        packed = layouts.pack(intweight, zeros.to(torch.int32), scales16, g, cls.layout)
+        module._load_packed(packed)
+        if linear.bias is not None:
+            module.bias = linear.bias.data.clone().half()
+        return module
+
+    @classmethod
+    def from_packed(cls, packed: PackedWeights, bias: torch.Tensor | None = None) -> AWQLinear:
+        if packed.layout != cls.layout:
+            packed = layouts.convert(packed, cls.layout)
+        module = cls(4, packed.group_size, packed.in_features, packed.out_features, bias is not None,
+                     packed.qweight.device)
+        module._load_packed(packed)
+        if bias is not None:
+            module.bias = bias.detach().clone().half()
+        return module
+
+    def _load_packed(self, packed: PackedWeights) -> None:
+        self.qweight = packed.qweight.contiguous()
+        self.qzeros = packed.qzeros.contiguous()
+        self.scales = packed.scales.contiguous().half()
+        self._packed_cache = None
+
+    # --- use ---------------------------------------------------------------------------------
+
+    def packed(self) -> PackedWeights:
+        """The buffers as :class:`PackedWeights` (validated once per set of buffers)."""
+        key = (id(self.qweight), id(self.qzeros), id(self.scales))
+        if self._packed_cache is None or self._packed_cache[0] != key:
+            packed = PackedWeights(self.layout, self.qweight, self.qzeros, self.scales,
+                                   self.in_features, self.out_features, self.group_size)
+            self._packed_cache = (key, packed)
+        return self._packed_cache[1]
+
+    def to_layout(self, layout: str) -> AWQLinear:
+        """A lossless copy of this layer in the other packed layout."""
+        target = LAYOUT_CLASSES[layout]
+        module = target.from_packed(self.packed(), self.bias)
+        module.path, module.dispatch = self.path, self.dispatch
+        return module
+
+    def dequantize(self, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+        return layouts.dequantize(self.packed(), dtype)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return awq_linear(x, self.packed(), self.bias, path=self.path, policy=self.dispatch)  # type: ignore[arg-type]
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, w_bit={self.w_bit}, group_size={self.group_size}, "
+                f"kernel={self.kernel_name}, path={self.path}")
+
+
+class AKSLinearGEMM(AWQLinear):
+    """Drop-in for ``WQLinear_GEMM`` (checkpoint ``version="gemm"``)."""
+
+    layout = "gemm"
+    kernel_name = "aks_gemm"
+
+
+class AKSLinearGEMV(AWQLinear):
+    """Drop-in for ``WQLinear_GEMV`` (checkpoint ``version="gemv"``)."""
+
+    layout = "gemv"
+    kernel_name = "aks_gemv"
+
+
+LAYOUT_CLASSES: dict[str, type[AWQLinear]] = {"gemm": AKSLinearGEMM, "gemv": AKSLinearGEMV}

@@ -1,0 +1,248 @@
+"""quantize() and load_quantized() on tiny Llama models built in the test (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from awq_kernel_select.calibration import CalibrationError, load_preset, prepare_calibration
+from awq_kernel_select.load import CheckpointError, kernels_in, load_quantized, read_checkpoint, resolve_device
+from awq_kernel_select.modules import AKSLinearGEMM, AKSLinearGEMV, AWQLinear
+from awq_kernel_select.quantize import QuantizeError, quantize
+
+import tiny
+
+FAST = dict(group_size=64, max_calib_samples=8, max_calib_seq_len=64)
+
+
+@pytest.fixture(scope="module")
+def fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.save_tiny(tmp_path_factory.mktemp("tiny") / "fp16")
+
+
+@pytest.fixture(scope="module")
+def gemm_ckpt(fp16_dir: Path) -> Path:
+    out = fp16_dir.parent / "q-gemm"
+    quantize(fp16_dir, out, version="gemm", **FAST)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gemv_ckpt(fp16_dir: Path) -> Path:
+    out = fp16_dir.parent / "q-gemv"
+    quantize(fp16_dir, out, version="gemv", **FAST)
+    return out
+
+
+def logits(wrapper, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return wrapper.model(ids).logits.float()
+
+
+IDS = torch.tensor([[1, 17, 40, 99, 3, 250, 7, 64]])
+
+
+# --- quantize ------------------------------------------------------------------------------------
+
+
+def test_quantize_with_the_embedded_corpus(fp16_dir: Path, tmp_path: Path) -> None:
+    report = quantize(fp16_dir, tmp_path / "out", **FAST)
+    assert report.calibration_source == "preset:prose" and report.calibration_tokens_used == 8 * 64
+    assert report.calibration_samples_used >= 2 and report.layers == 2 and report.linears == 14
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["quantization_config"] == {  # exactly AutoAWQ's to_transformers_dict()
+        "quant_method": "awq", "zero_point": True, "group_size": 64, "bits": 4, "version": "gemm",
+        "modules_to_not_convert": None,
+    }
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp folders left
+
+
+def test_load_auto_matches_autoawqs_own_dequantized_weights(gemm_ckpt: Path, fp16_dir: Path) -> None:
+    from awq.utils.packing_utils import dequantize_gemm
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    wrapper = load_quantized(gemm_ckpt, kernel="auto", device="cpu")
+    assert type(wrapper).__name__ == "LlamaAWQForCausalLM"  # what from_quantized returns
+    assert set(wrapper.awq_kernel_layers.values()) == {"aks_gemm:torch"}
+    assert wrapper.awq_kernel_selection.name == "torch_dequant"
+    # reference: AutoAWQ's own dequantization, in an fp32 copy of the model
+    state = load_file(str(gemm_ckpt / "model.safetensors"))
+    ref_model = AutoModelForCausalLM.from_pretrained(fp16_dir, torch_dtype=torch.float32)
+    ref_state = ref_model.state_dict()
+    for key in [k for k in state if k.endswith(".qweight")]:
+        prefix = key[: -len(".qweight")]
+        w = dequantize_gemm(state[key], state[prefix + ".qzeros"], state[prefix + ".scales"], 4, 64)
+        ref_state[prefix + ".weight"] = w.t().float()
+    for key, value in state.items():
+        if not key.endswith((".qweight", ".qzeros", ".scales")):
+            ref_state[key] = value.float()
+    ref_model.load_state_dict(ref_state)
+    ours, ref = logits(wrapper, IDS), ref_model(IDS).logits.float().detach()
+    assert float((ours - ref).norm() / ref.norm()) < 2e-3
+
+
+def test_gemm_checkpoint_and_its_gemv_conversion_give_identical_logits(gemm_ckpt: Path, gemv_ckpt: Path) -> None:
+    as_gemm = load_quantized(gemm_ckpt, device="cpu")
+    as_gemv = load_quantized(gemm_ckpt, device="cpu", layout="gemv")
+    native_gemv = load_quantized(gemv_ckpt, device="cpu")
+    assert all(isinstance(m, AKSLinearGEMV) for m in as_gemv.model.modules() if isinstance(m, AWQLinear))
+    a, b, c = logits(as_gemm, IDS), logits(as_gemv, IDS), logits(native_gemv, IDS)
+    assert torch.equal(a, b)  # lossless conversion: bit-identical
+    assert torch.equal(a, c)  # AutoAWQ wrote the same integers in both versions
+    back = {n: m.to_layout("gemm") for n, m in as_gemv.model.named_modules() if isinstance(m, AKSLinearGEMV)}
+    original = {n: m for n, m in as_gemm.model.named_modules() if isinstance(m, AKSLinearGEMM)}
+    for name, module in back.items():
+        for buf in ("qweight", "qzeros", "scales"):
+            assert torch.equal(getattr(module, buf), getattr(original[name], buf)), (name, buf)
+
+
+def test_loaded_model_generates(gemm_ckpt: Path) -> None:
+    wrapper = load_quantized(gemm_ckpt, device=torch.device("cpu"))
+    out = wrapper.generate(IDS, attention_mask=torch.ones_like(IDS), max_new_tokens=4, do_sample=False,
+                           pad_token_id=0)
+    assert out.shape == (1, IDS.shape[1] + 4)
+
+
+def test_quantize_a_loaded_model_inside_a_training_script(tmp_path: Path) -> None:
+    model = tiny.make_llama(seed=3)
+    report = quantize(model, tmp_path / "q", tokenizer=tiny.make_tokenizer(), method="rtn", group_size=64)
+    assert report.method == "rtn" and report.calibration_source is None
+    assert kernels_in(load_quantized(tmp_path / "q", device="cpu").model)
+
+
+# --- bad input: a clear error, and no output folder ------------------------------------------------
+
+
+class NothingTokenizer:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return []
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(calibration=[]), CalibrationError, "calibration list is empty"),
+        (dict(calibration=["hi", "there"]), CalibrationError, "fewer than one block"),
+        (dict(calibration=["some text"] * 4, tokenizer=NothingTokenizer()), CalibrationError, "no tokens"),
+        (dict(calibration="/nonexistent/calib.txt"), CalibrationError, "does not exist"),
+        (dict(calibration=["a", [1, 2]]), CalibrationError, "not a mix"),
+        (dict(w_bit=8), QuantizeError, "only 4-bit"),
+        (dict(group_size=48), QuantizeError, r"does not divide layers\.0\.self_attn\.q_proj\.in_features=64.*\[32, 64\]"),
+        (dict(group_size=12), QuantizeError, "multiple of 8"),
+        (dict(version="marlin"), QuantizeError, "writes 'gemm' or 'gemv'"),
+        (dict(method="gptq"), QuantizeError, "use 'awq' or 'rtn'"),
+        (dict(zero_point=False), QuantizeError, "zero_point=False"),
+    ],
+)
+def test_bad_input_fails_fast_and_writes_nothing(fp16_dir: Path, tmp_path: Path, kwargs: dict, error: type, match: str) -> None:
+    args = {**FAST, **kwargs}
+    with pytest.raises(error, match=match):
+        quantize(fp16_dir, tmp_path / "out", **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_not_overwritten_unless_asked(fp16_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(QuantizeError, match="not empty"):
+        quantize(fp16_dir, out, method="rtn", group_size=64)
+    assert (out / "keep.txt").read_text() == "mine"
+    quantize(fp16_dir, out, method="rtn", group_size=64, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+def test_a_crash_while_writing_leaves_no_folder(fp16_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from awq.models.base import BaseAWQForCausalLM
+
+    def boom(self, save_dir: str, **kwargs) -> None:
+        (Path(save_dir) / "half-written.safetensors").write_text("x")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(BaseAWQForCausalLM, "save_quantized", boom)
+    with pytest.raises(OSError, match="disk full"):
+        quantize(fp16_dir, tmp_path / "out", method="rtn", group_size=64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_samples_are_split_not_dropped() -> None:
+    tok = tiny.make_tokenizer()
+    long_text = " ".join(load_preset("prose")[:3])
+    calib = prepare_calibration([long_text], tok, max_samples=4, seq_len=64)
+    assert len(calib.blocks) == 4 and all(len(b) == 64 for b in calib.blocks)
+    assert calib.samples_used == 1 and calib.tokens_used == 256
+
+
+# --- loading bad checkpoints -----------------------------------------------------------------------
+
+
+def broken_copy(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    edit(config, dst)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda c, d: c["quantization_config"].update(version="gemx"), r"quantization_config\.version is 'gemx'"),
+        (lambda c, d: c["quantization_config"].update(bits=8), r"quantization_config\.bits is 8"),
+        (lambda c, d: c.pop("quantization_config"), "no 'quantization_config'"),
+        (lambda c, d: (d / "model.safetensors").unlink(), "has no weights"),
+        (lambda c, d: c["quantization_config"].update(group_size=32), r"model\.safetensors: .*qweight|qzeros|scales.* has shape"),
+    ],
+)
+def test_bad_checkpoints_name_the_file_and_field(gemm_ckpt: Path, tmp_path: Path, edit, match: str) -> None:
+    with pytest.raises(CheckpointError, match=match):
+        load_quantized(broken_copy(gemm_ckpt, tmp_path / "bad", edit), device="cpu")
+
+
+def test_missing_config(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        read_checkpoint(tmp_path)
+
+
+def test_devices() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="not supported"):
+        resolve_device("mps")
+
+
+# --- AutoAWQ's CPU corruption (issue 7): fails on stock AutoAWQ, passes with ours --------------------
+
+
+def _scale_search(quantizer_cls) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 64, bias=False).half().requires_grad_(False)
+    before = linear.weight.detach().clone()
+    q = quantizer_cls.__new__(quantizer_cls)
+    q.w_bit, q.group_size, q.zero_point, q.duo_scaling = 4, 64, True, True
+    q.n_parallel_calib_samples, q.max_chunk_memory = None, 1 << 30
+    x = torch.randn(16, 64).half()
+    q._compute_best_scale(x, linear.weight.abs().mean(0), x.abs().mean(0), linear, [linear],
+                          linear(x), {})
+    return before, linear.weight.detach()
+
+
+def test_stock_autoawq_corrupts_weights_on_cpu_and_ours_does_not() -> None:
+    from awq.quantize.quantizer import AwqQuantizer
+
+    from awq_kernel_select.quantize import _cpu_safe_quantizer_cls
+
+    before, after = _scale_search(AwqQuantizer)
+    assert not torch.equal(before, after)  # the bug: the restored weights are the scaled ones
+    before, after = _scale_search(_cpu_safe_quantizer_cls())
+    assert torch.equal(before, after)
