@@ -1,4 +1,4 @@
-"""``awq-kernel-select``: detect | select | table.
+"""``awq-kernel-select``: detect | select | table | bench.
 
 Errors are printed as one line (``error: ...``) with exit code 2; no tracebacks for user errors.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import asdict
 from typing import Any, Sequence
 
@@ -81,6 +82,12 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run_from_args  # the benchmark lives apart from the core
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="awq-kernel-select",
@@ -107,10 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="print the policy table")
     table.set_defaults(func=_cmd_table)
 
+    bench = sub.add_parser("bench", help="GEMM vs GEMV latency on a model (embedded 7B-shaped one by default)")
+    from .bench.cli import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
+
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # AutoAWQ prints a multi-line deprecation notice at import; keep the CLI's output readable
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

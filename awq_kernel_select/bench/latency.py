@@ -1,0 +1,125 @@
+"""Model-level single-query latency: time to first token, time per output token, generation.
+
+Eager numbers are what a user's ``generate`` loop sees (Python and launch overhead included);
+the CUDA-graph decode step (static KV cache) shows what the kernels themselves cost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .timing import Timing, time_eager, time_graph
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    variant: str
+    batch: int
+    ttft: Timing | None  # prompt of ``prompt_len`` tokens -> first token
+    decode_eager: Timing | None  # one decode step, eager
+    decode_graph: Timing | None  # one decode step, replayed from a CUDA graph
+    generate_ms: float | None  # end-to-end generation of ``new_tokens`` tokens (median)
+    peak_memory_bytes: int | None
+    notes: tuple[str, ...] = field(default=())
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _cpu_timing(fn: Callable[[], Any], reps: int, warmup: int = 1) -> Timing:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e6)
+    return Timing.from_samples(samples)
+
+
+@torch.no_grad()
+def measure(
+    model: Any,
+    variant: str,
+    *,
+    batch: int = 1,
+    prompt_len: int = 128,
+    new_tokens: int = 32,
+    reps: int = 10,
+    graph: bool = True,
+    full: bool = True,
+) -> LatencyResult:
+    """Time one model. ``full=False`` measures only the decode steps (the batch sweep)."""
+    import transformers
+
+    dynamic_cache: Any = transformers.DynamicCache  # transformers' classes carry no type hints
+    static_cache: Any = transformers.StaticCache
+
+    device = next(model.parameters()).device
+    on_gpu = device.type == "cuda"
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    prompt = torch.randint(0, vocab, (batch, prompt_len), generator=gen).to(device)
+    notes: list[str] = []
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def timer(fn: Callable[[], Any], n: int) -> Timing:
+        return time_eager(fn, reps=n, warmup=2) if on_gpu else _cpu_timing(fn, n)
+
+    def prefill() -> Any:
+        cache = dynamic_cache()
+        out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        return out.logits[:, -1].argmax(-1), cache
+
+    ttft = timer(prefill, reps) if full else None
+
+    # eager decode: one token at a time on a DynamicCache filled by the prompt
+    token, cache = prefill()
+    step_input = token[:, None]
+
+    def decode_step() -> None:
+        model(input_ids=step_input, past_key_values=cache, use_cache=True)
+        cache.crop(prompt_len)  # keep the cache length fixed across repetitions
+
+    decode_eager = timer(decode_step, max(reps, 10))
+
+    generate_ms = None
+    if full:
+        def generate() -> None:
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+        generate_ms = timer(generate, 3).median_us / 1000.0
+
+    decode_graph = None
+    if graph and on_gpu:
+        try:
+            static = static_cache(config=model.config, max_batch_size=batch,
+                                 max_cache_len=prompt_len + 16, device=device, dtype=torch.float16)
+            model(input_ids=prompt, past_key_values=static, cache_position=torch.arange(prompt_len, device=device),
+                  use_cache=True)
+            position = torch.tensor([prompt_len], device=device)
+            decode_graph = time_graph(
+                [lambda: model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)],
+                reps=max(reps, 20),
+            )
+        except Exception as exc:  # reported, never hidden
+            notes.append(f"CUDA-graph decode failed: {type(exc).__name__}: {str(exc)[:200]}")
+    peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
+    return LatencyResult(variant, batch, ttft, decode_eager, decode_graph, generate_ms, peak, tuple(notes))
+
+
+def crossover(sweep: dict[str, dict[int, float]], slow_at_one: str = "aks_gemm", fast_at_one: str = "aks_gemv") -> int | None:
+    """The smallest batch from which ``slow_at_one`` is at least as fast as ``fast_at_one``."""
+    a, b = sweep.get(slow_at_one, {}), sweep.get(fast_at_one, {})
+    for batch in sorted(set(a) & set(b)):
+        if a[batch] <= b[batch]:
+            return batch
+    return None

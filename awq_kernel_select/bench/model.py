@@ -1,0 +1,98 @@
+"""The embedded default model: Llama-2-7B shapes, random weights, packed to 4 bits in memory.
+
+Latency does not depend on the weights' values, so the weights are random normal (never
+zeros, which can run faster than real data) and quantized by round-to-nearest straight into
+AutoAWQ's layouts; AWQ's scale search would cost ~16 s per layer for the same timings.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layouts import pack, quantize_rtn
+from ..modules import LAYOUT_CLASSES, AWQLinear
+
+LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+                 num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
+TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5)
+
+
+@dataclass
+class BenchModels:
+    """The fp16 model and its 4-bit twin (this library's modules, GEMM layout to start with)."""
+
+    fp16: nn.Module
+    quantized: nn.Module
+    description: str
+
+
+def random_llama(shape: dict[str, Any], layers: int, device: torch.device, seed: int = 0) -> Any:
+    import transformers
+
+    llama_config: Any = transformers.LlamaConfig  # type: ignore[attr-defined]  # transformers' classes carry no type hints
+    llama: Any = transformers.LlamaForCausalLM
+    config = llama_config(**shape, num_hidden_layers=layers, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = llama(config)
+    model = model.to_empty(device=device).to(torch.float16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config, device=device)  # real buffers
+    return model.eval()
+
+
+def quantize_linears_rtn(model: nn.Module, group_size: int = 128, layout: str = "gemm") -> nn.Module:
+    """Replace every decoder-layer linear by a packed 4-bit module (lm_head stays fp16, as in AWQ)."""
+    for layer in model.model.layers:  # type: ignore[union-attr]
+        for name, child in list(layer.named_modules()):
+            if isinstance(child, nn.Linear):
+                q, z, s = quantize_rtn(child.weight.data, group_size)
+                module = LAYOUT_CLASSES[layout].from_packed(pack(q, z, s, group_size, layout), child.bias)
+                parent = layer.get_submodule(name.rsplit(".", 1)[0]) if "." in name else layer
+                setattr(parent, name.rsplit(".", 1)[-1], module)
+    return model
+
+
+def set_layout(model: nn.Module, layout: str) -> nn.Module:
+    """Convert every packed module to ``layout`` (lossless), in place."""
+    for name, child in list(model.named_modules()):
+        if isinstance(child, AWQLinear) and child.layout != layout:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, child.to_layout(layout))
+    return model
+
+
+def set_path(model: nn.Module, path: str) -> None:
+    for child in model.modules():
+        if isinstance(child, AWQLinear):
+            child.path = path
+
+
+def embedded_models(layers: int, device: torch.device, tiny: bool = False, group_size: int = 128) -> BenchModels:
+    shape = TINY if tiny else LLAMA2_7B
+    fp16 = random_llama(shape, layers, device)
+    quantized = quantize_linears_rtn(copy.deepcopy(fp16), group_size, "gemm")
+    name = "tiny Llama" if tiny else "Llama-2-7B shapes"
+    return BenchModels(fp16, quantized, f"{name}, {layers} layers, random weights, RTN 4-bit group {group_size}")
+
+
+def packed_bytes_per_token(model: nn.Module) -> int:
+    """Bytes one decode step must read: packed linears, fp16 lm_head and norms (not the KV cache)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, AWQLinear):
+            total += sum(t.numel() * t.element_size() for t in (module.qweight, module.qzeros, module.scales))
+        elif isinstance(module, nn.Linear):
+            total += module.weight.numel() * module.weight.element_size()
+    return total

@@ -1,0 +1,175 @@
+"""The benchmark run: every kernel variant that can run, at batch 1 and across batch sizes."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..measured import MeasuredCrossover, save_crossover
+from ..modules import AWQLinear
+from ..probes import check
+from ..select import select_kernel
+from .latency import LatencyResult, crossover, measure
+from .model import embedded_models, packed_bytes_per_token, set_layout, set_path
+from .timing import copy_bandwidth
+
+
+@dataclass
+class BenchConfig:
+    model: Path | None = None  # a checkpoint; None: the embedded 7B-shaped model
+    layers: int = 32
+    prompt_len: int = 128
+    new_tokens: int = 32
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    reps: int = 10
+    graph: bool = True
+    save_measured: bool = True
+    progress: Callable[[str], None] = print
+
+
+@dataclass
+class BenchResult:
+    device: str
+    gpu: dict[str, Any] | None
+    description: str
+    on_gpu: bool
+    single: list[LatencyResult]
+    sweep: dict[str, dict[int, float]]  # variant -> batch -> decode step (us), graph if possible
+    sweep_kind: str  # "cuda-graph" or "eager"
+    crossover: int | None
+    auto_kernel: str
+    floor_us: float | None  # bytes per decode step / measured bandwidth
+    bandwidth_Bps: float | None
+    versions: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["sweep"] = {k: {str(b): v for b, v in d.items()} for k, d in self.sweep.items()}
+        return out
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    out = {"awq_kernel_select": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version()}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def _autoawq_gemm_copy(model: nn.Module) -> nn.Module | str:
+    """The same weights on AutoAWQ's own WQLinear_GEMM (awq_ext, else its Triton fallback)."""
+    import copy
+
+    try:
+        from awq.modules.linear.gemm import WQLinear_GEMM
+    except Exception as exc:
+        return f"autoawq not importable: {exc}"
+    twin = set_layout(copy.deepcopy(model), "gemm")
+    for name, child in list(twin.named_modules()):
+        if isinstance(child, AWQLinear):
+            theirs = WQLinear_GEMM(4, child.group_size, child.in_features, child.out_features,
+                                   child.bias is not None, child.qweight.device)
+            theirs.qweight, theirs.qzeros, theirs.scales = child.qweight, child.qzeros, child.scales
+            theirs.bias = child.bias
+            parent, _, attr = name.rpartition(".")
+            setattr(twin.get_submodule(parent), attr, theirs)
+    return twin
+
+
+def run_benchmark(cfg: BenchConfig) -> BenchResult:
+    started = time.time()
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    say = cfg.progress
+    notes: list[str] = []
+    if not on_gpu:
+        notes.append("No CUDA GPU here: GPU latency could not be measured. This ran the CPU path "
+                     "(plain torch dequantize + matmul) on a tiny 2-layer model, with host timers.")
+    variants: dict[str, nn.Module] = {}
+    if cfg.model is None:
+        say(f"building the embedded model ({'tiny' if not on_gpu else f'{cfg.layers} layers of Llama-2-7B shapes'}) ...")
+        models = embedded_models(2 if not on_gpu else cfg.layers, device, tiny=not on_gpu)
+        description = models.description
+        variants["fp16"] = models.fp16
+        quantized = models.quantized
+    else:
+        from ..load import load_quantized
+
+        quantized = load_quantized(cfg.model, device=device).model
+        description = f"checkpoint {cfg.model}"
+    selection = select_kernel(workload="interactive", device=None if on_gpu else "cpu", use_measured=False)
+    if on_gpu:
+        variants["aks_gemm"] = set_layout(quantized, "gemm")
+        import copy
+
+        variants["aks_gemv"] = set_layout(copy.deepcopy(quantized), "gemv")
+        twin = _autoawq_gemm_copy(quantized)
+        if isinstance(twin, str):
+            notes.append(f"autoawq_gemm not measured: {twin}")
+        else:
+            variants["autoawq_gemm"] = twin
+        awq_ext = check("awq_ext", selection.target)
+        if not awq_ext:
+            notes.append(f"autoawq_gemv not measured: {awq_ext.reason}")
+    else:
+        set_path(quantized, "torch")
+        variants["torch_dequant"] = quantized
+    auto_kernel = selection.name
+
+    single: list[LatencyResult] = []
+    for name, model in variants.items():
+        say(f"batch 1: {name} ...")
+        result = measure(model, name, prompt_len=cfg.prompt_len if on_gpu else 16,
+                         new_tokens=cfg.new_tokens if on_gpu else 4, reps=cfg.reps if on_gpu else 3,
+                         graph=cfg.graph)
+        single.append(result)
+        notes += [f"{name}: {n}" for n in result.notes]
+
+    sweep: dict[str, dict[int, float]] = {}
+    kind = "cuda-graph" if on_gpu and cfg.graph else "eager"
+    batches = cfg.batch_sizes if on_gpu else (1, 2, 4)
+    for name in [v for v in variants if v != "autoawq_gemm"]:
+        sweep[name] = {}
+        for batch in batches:
+            say(f"sweep: {name} batch {batch} ...")
+            r = measure(variants[name], name, batch=batch, prompt_len=cfg.prompt_len if on_gpu else 16,
+                        reps=cfg.reps if on_gpu else 3, graph=cfg.graph, full=False)
+            timing = r.decode_graph if kind == "cuda-graph" and r.decode_graph else r.decode_eager
+            if timing is not None:
+                sweep[name][batch] = timing.median_us
+    cross = crossover(sweep) if on_gpu else None
+
+    gpu = None
+    bandwidth = floor = None
+    if on_gpu:
+        props = torch.cuda.get_device_properties(device)
+        gpu = {"name": props.name, "capability": [props.major, props.minor],
+               "memory_GiB": round(props.total_memory / 2**30, 1)}
+        bandwidth = copy_bandwidth()
+        floor = packed_bytes_per_token(variants["aks_gemm"]) / bandwidth * 1e6
+        if cross is not None and cfg.save_measured:
+            from ..detect import _nvml_driver_version
+
+            entry = MeasuredCrossover(props.name, (props.major, props.minor), cross,
+                                      time.strftime("%Y-%m-%d", time.gmtime()), _nvml_driver_version(), _versions())
+            path = save_crossover(entry)
+            notes.append(f"measured crossover saved to {path}; select_kernel uses it on this GPU")
+    return BenchResult(str(device), gpu, description, on_gpu, single, sweep, kind, cross, auto_kernel, floor,
+                       bandwidth, _versions(), notes, time.time() - started)
