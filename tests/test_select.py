@@ -102,8 +102,8 @@ def test_h100_today_says_why_awq_ext_was_rejected() -> None:
 
 
 def test_batch_size_picks_the_regime() -> None:
-    assert select_kernel((9, 0), 16, probes=FULL_STACK).name == "aks_gemv"
-    assert select_kernel((9, 0), 17, probes=FULL_STACK).name == "aks_gemm"
+    assert select_kernel((9, 0), 1, probes=FULL_STACK).name == "aks_gemv"
+    assert select_kernel((9, 0), 2, probes=FULL_STACK).name == "aks_gemm"  # measured: docs/kernels.md
     assert select_kernel((7, 5), 2, probes=FULL_STACK).name == "autoawq_gemm"  # GEMV: batch 1 only
 
 
@@ -162,6 +162,23 @@ def test_a_table_object_with_overrides() -> None:
     assert DEFAULT_TABLE["aks_gemv"].priority == 100  # the default table is untouched
     with pytest.raises(ValueError, match="already in the table"):
         table.register(table["aks_gemm"], replace_existing=False)
+
+
+def test_a_measured_crossover_moves_the_regimes(tmp_path, monkeypatch) -> None:
+    from awq_kernel_select.measured import MeasuredCrossover, save_crossover
+    from awq_kernel_select.probes import Target
+
+    monkeypatch.setenv("AWQ_KERNEL_SELECT_CACHE", str(tmp_path / "m.json"))
+    save_crossover(MeasuredCrossover("NVIDIA H100 80GB HBM3", (9, 0), crossover_tokens=8))
+    from awq_kernel_select.detect import Detection, GpuInfo
+
+    h100 = Detection((GpuInfo(0, "NVIDIA H100 80GB HBM3", "cuda", "torch", CC(9, 0)),), "torch")
+    s = select_kernel(workload=4, detection=h100, probes=FULL_STACK)
+    assert s.name == "aks_gemv" and any("crossover measured on this GPU" in r for r in s.reasons)
+    assert select_kernel(workload=8, detection=h100, probes=FULL_STACK).name == "aks_gemm"
+    assert select_kernel(workload=4, detection=h100, probes=FULL_STACK, use_measured=False).name == "aks_gemm"
+    other = Detection((GpuInfo(0, "NVIDIA A100", "cuda", "torch", CC(8, 0)),), "torch")
+    assert select_kernel(workload=4, detection=other, probes=FULL_STACK).name == "aks_gemm"  # not this GPU's
 
 
 def test_force_is_checked_and_names_what_it_passed_over() -> None:

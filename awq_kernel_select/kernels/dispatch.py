@@ -5,14 +5,14 @@ path       what runs                                    used for (defaults)
 =========  ===========================================  =====================================
 gemv       fused kernel, split-K, FMA (M=1) or 16-row   M <= 16 (decode)
            ``tl.dot`` (M=2..16)
-gemm       fused kernel, ``tl.dot`` tiles, no split-K   16 < M < 64 (small batches)
-dequant    Triton dequantize to fp16, then cuBLAS       M >= 64 (prefill, serving)
+gemm       fused kernel, ``tl.dot`` tiles, no split-K   16 < M < 256 (batched decode)
+dequant    Triton dequantize to fp16, then cuBLAS       M >= 256 (prefill)
 torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
 =========  ===========================================  =====================================
 
-The thresholds live in :class:`DispatchPolicy`; the benchmark measures them per GPU. The tile
-configurations below were chosen from the sweep in ``benchmarks/kernels.py`` on an H100
-(``docs/kernels.md``).
+The thresholds live in :class:`DispatchPolicy`. Where ``kernels/tuned/<gpu>.json`` has an
+entry for the shape (from ``benchmarks/kernels.py --sweep``), its tile configuration is used,
+and for 16 < M < 1024 its measured choice between the fused kernel and dequantize + cuBLAS.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "torch")
 @dataclass(frozen=True)
 class DispatchPolicy:
     gemv_max_tokens: int = 16  # M <= this: the GEMV regime
-    dequant_min_tokens: int = 64  # M >= this: dequantize + cuBLAS (H100 sweep: wins from 64 on)
+    dequant_min_tokens: int = 256  # M >= this: dequantize + cuBLAS (a tuned entry may say otherwise)
 
     def path_for(self, m: int) -> KernelPath:
         if m <= self.gemv_max_tokens:
@@ -103,21 +103,27 @@ def m_bucket(m: int) -> int:
     return next((b for b in M_BUCKETS if m <= b), M_BUCKETS[-1])
 
 
+@dataclass(frozen=True)
+class TunedEntry:
+    config: MatmulConfig
+    path: KernelPath | None  # for M > 16: whether the fused kernel or dequantize + cuBLAS won
+
+
 @functools.lru_cache(maxsize=None)
-def _tuned_table(device_name: str) -> dict[tuple[str, int, int, int, int], MatmulConfig]:
+def _tuned_table(device_name: str) -> dict[tuple[str, int, int, int, int], TunedEntry]:
     custom = os.environ.get("AWQ_KERNEL_SELECT_TUNED")  # files separated by os.pathsep; later wins
     files = [Path(f) for f in custom.split(os.pathsep) if f] if custom else sorted(TUNED_DIR.glob("*.json"))
-    table: dict[tuple[str, int, int, int, int], MatmulConfig] = {}
+    table: dict[tuple[str, int, int, int, int], TunedEntry] = {}
     for path in files:
         data = json.loads(path.read_text())
         if data.get("gpu") != device_name:
             continue
         for e in data["entries"]:
-            table[(e["layout"], e["K"], e["N"], e["G"], e["M"])] = MatmulConfig(**e["config"])
+            table[(e["layout"], e["K"], e["N"], e["G"], e["M"])] = TunedEntry(MatmulConfig(**e["config"]), e.get("path"))
     return table
 
 
-def tuned_config(device: torch.device, layout: str, m: int, n: int, k: int, g: int) -> MatmulConfig | None:
+def tuned_entry(device: torch.device, layout: str, m: int, n: int, k: int, g: int) -> TunedEntry | None:
     if device.type != "cuda":
         return None
     return _tuned_table(torch.cuda.get_device_name(device)).get((layout, k, n, g, m_bucket(m)))
@@ -125,9 +131,9 @@ def tuned_config(device: torch.device, layout: str, m: int, n: int, k: int, g: i
 
 def pick_config(device: torch.device, path: KernelPath, layout: str, m: int, n: int, k: int, g: int) -> MatmulConfig:
     """The tuned configuration for this GPU and shape if there is one, else the heuristic."""
-    found = tuned_config(device, layout, m, n, k, g)
+    found = tuned_entry(device, layout, m, n, k, g)
     if found is not None and (path == "gemv") == (m_bucket(m) <= 16):
-        return found
+        return found.config
     if path == "gemv":
         return gemv_config(m, n, k, g, layout == "gemv", _sm_count(device))
     return gemm_config(m, n, k, g, layout == "gemv")
@@ -161,6 +167,12 @@ def awq_linear(
     if m == 0:
         return x.new_zeros(*lead, weights.out_features)
     chosen = choose_path(m, x.device, policy) if path == "auto" else path
+    if path == "auto" and chosen in ("gemm", "dequant") and m < policy.dequant_min_tokens * 4:
+        # between the regimes, what this GPU measured for this shape decides
+        found = tuned_entry(x.device, weights.layout, m, weights.out_features, weights.in_features,
+                            weights.group_size)
+        if found is not None and found.path is not None:
+            chosen = found.path
     if chosen != "torch" and not triton_usable(x.device):
         raise RuntimeError(f"path {chosen!r} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
     gemv_layout = weights.layout == "gemv"

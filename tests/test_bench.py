@@ -1,0 +1,72 @@
+"""The benchmark module on the CPU: statistics, the measured-results cache, a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from awq_kernel_select.bench.latency import crossover
+from awq_kernel_select.bench.timing import Timing, copies_to_evict_l2, quantile
+from awq_kernel_select.measured import SCHEMA, MeasuredCrossover, load_all, lookup_crossover, save_crossover
+from awq_kernel_select.probes import Target
+from awq_kernel_select import CC
+
+
+def test_statistics() -> None:
+    t = Timing.from_samples([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (t.median_us, t.reps) == (3.0, 5)
+    assert t.p10_us == pytest.approx(1.4) and t.p90_us == pytest.approx(4.6)
+    assert quantile([1.0, 2.0], 0.5) == 1.5
+    with pytest.raises(ValueError):
+        Timing.from_samples([])
+    assert copies_to_evict_l2(8 * 2**20) == 19 and copies_to_evict_l2(10**9) == 2
+
+
+def test_crossover() -> None:
+    sweep = {"aks_gemm": {1: 10.0, 2: 9.0, 4: 8.0}, "aks_gemv": {1: 8.0, 2: 9.5, 4: 12.0}}
+    assert crossover(sweep) == 2
+    assert crossover({"aks_gemm": {1: 10.0}, "aks_gemv": {1: 5.0}}) is None
+
+
+H100 = Target("cuda", CC(9, 0), "sm_90", "NVIDIA H100 80GB HBM3")
+
+
+def test_cache_round_trip_and_other_gpu(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    save_crossover(MeasuredCrossover("NVIDIA H100 80GB HBM3", (9, 0), 2, "2026-11-24"), path)
+    save_crossover(MeasuredCrossover("NVIDIA A100-SXM4-80GB", (8, 0), 8), path)
+    assert len(load_all(path)) == 2
+    found = lookup_crossover(H100, path)
+    assert found is not None and found.crossover_tokens == 2
+    assert lookup_crossover(Target("cuda", CC(9, 0), "sm_90", "NVIDIA H200"), path) is None
+    assert lookup_crossover(Target("cuda", CC(9, 0)), path) is None  # no name: no match
+    assert not list(tmp_path.glob(".measured-*"))  # the atomic write left no temp file
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]), json.dumps({"schema": SCHEMA, "gpus": {"x": {}}})])
+def test_corrupt_cache_warns_and_is_ignored(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(content)
+    with pytest.warns(UserWarning, match="ignoring"):
+        assert lookup_crossover(H100, path) is None
+
+
+def test_old_schema_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"schema": 0, "gpus": {}}))
+    with pytest.warns(UserWarning, match="schema 0 is not"):
+        assert load_all(path) == {}
+
+
+def test_tiny_end_to_end_cpu_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from awq_kernel_select.cli import main
+
+    assert main(["bench", "--out", str(tmp_path), "--no-save"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU latency could not be measured" in out and "torch_dequant" in out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["on_gpu"] is False and {r["variant"] for r in data["single"]} == {"fp16", "torch_dequant"}
+    assert all(r["decode_eager"]["median_us"] > 0 for r in data["single"])
+    assert (tmp_path / "bench.md").read_text().startswith("tiny Llama")
