@@ -27,7 +27,9 @@ from typing import Literal
 import torch
 
 from ..layouts import PackedWeights
-from .matmul import MatmulConfig
+from .dequant import dequantize_triton
+from .matmul import MatmulConfig, awq_matmul
+from .reference import reference_linear
 
 KernelPath = Literal["gemv", "gemm", "dequant", "torch"]
 PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "torch")
@@ -139,6 +141,20 @@ def pick_config(device: torch.device, path: KernelPath, layout: str, m: int, n: 
     return gemm_config(m, n, k, g, layout == "gemv")
 
 
+@functools.lru_cache(maxsize=4096)
+def plan(device: torch.device, layout: str, m: int, n: int, k: int, g: int,
+         path: KernelPath | Literal["auto"], policy: DispatchPolicy) -> tuple[KernelPath, MatmulConfig]:
+    """The path and tile configuration for one call shape (cached: decode calls it per layer)."""
+    chosen = choose_path(m, device, policy) if path == "auto" else path
+    if path == "auto" and chosen in ("gemm", "dequant") and m < policy.dequant_min_tokens * 4:
+        # between the regimes, what this GPU measured for this shape decides
+        found = tuned_entry(device, layout, m, n, k, g)
+        if found is not None and found.path is not None:
+            chosen = found.path
+    config = pick_config(device, "gemv" if chosen == "gemv" else "gemm", layout, m, n, k, g)
+    return chosen, config
+
+
 def awq_linear(
     x: torch.Tensor,
     weights: PackedWeights,
@@ -153,10 +169,6 @@ def awq_linear(
     ``path="auto"`` picks by the number of rows (see the module docstring); a named path is
     honoured as asked, and ``config`` overrides the tile choice (benchmarks, tuning).
     """
-    from .dequant import dequantize_triton
-    from .matmul import awq_matmul
-    from .reference import reference_linear
-
     if x.shape[-1] != weights.in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the layer expects {weights.in_features}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -166,13 +178,8 @@ def awq_linear(
     m = x2.shape[0]
     if m == 0:
         return x.new_zeros(*lead, weights.out_features)
-    chosen = choose_path(m, x.device, policy) if path == "auto" else path
-    if path == "auto" and chosen in ("gemm", "dequant") and m < policy.dequant_min_tokens * 4:
-        # between the regimes, what this GPU measured for this shape decides
-        found = tuned_entry(x.device, weights.layout, m, weights.out_features, weights.in_features,
-                            weights.group_size)
-        if found is not None and found.path is not None:
-            chosen = found.path
+    chosen, planned = plan(x.device, weights.layout, m, weights.out_features, weights.in_features,
+                           weights.group_size, path, policy)
     if chosen != "torch" and not triton_usable(x.device):
         raise RuntimeError(f"path {chosen!r} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
     gemv_layout = weights.layout == "gemv"
@@ -186,9 +193,6 @@ def awq_linear(
         out = torch.nn.functional.linear(x2.to(torch.float16), w, None if bias is None else bias.to(torch.float16))
         out = out.to(x.dtype)
     else:
-        if config is None:
-            config = pick_config(x.device, chosen, weights.layout, m, weights.out_features,
-                                 weights.in_features, weights.group_size)
         out = awq_matmul(x2, weights.qweight, weights.qzeros, weights.scales, bias,
-                         config=config, **common)  # type: ignore[arg-type]
+                         config=config or planned, **common)  # type: ignore[arg-type]
     return out.reshape(*lead, weights.out_features)

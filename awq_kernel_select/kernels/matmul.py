@@ -20,6 +20,7 @@ arithmetic.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -203,6 +204,11 @@ def awq_gemv_layout_kernel(
 
 # --- launcher ----------------------------------------------------------------------------------
 
+
+@functools.lru_cache(maxsize=1024)
+def _check_once(cfg: MatmulConfig, gemv_layout: bool, group_size: int) -> None:
+    cfg.check(gemv_layout, group_size)  # raises, and then is not cached
+
 _WORKSPACES: dict[tuple[torch.device, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -241,7 +247,7 @@ def awq_matmul(
     if K != in_features:
         raise ValueError(f"x has {K} features, the layer expects {in_features}")
     cfg = config
-    cfg.check(gemv_layout, group_size)
+    _check_once(cfg, gemv_layout, group_size)
     if x.stride(-1) != 1:
         x = x.contiguous()
     out = torch.empty(M, N, dtype=out_dtype or x.dtype, device=x.device)
