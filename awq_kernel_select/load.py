@@ -152,15 +152,41 @@ def load_quantized(
     info = read_checkpoint(path)
     dev = resolve_device(device)
     selection = _select(info, dev, kernel, workload)
-    if selection.kernel.provider == "autoawq":
+    if selection.kernel.provider == "autoawq" and info.version == selection.layout:
         if layout is not None and layout != info.version:
             raise ValueError(f"layout={layout!r} needs this library's kernels; {selection.name} reads {info.version}")
         wrapper = _load_with_autoawq(info, dev, selection, from_quantized_kwargs)
+    elif selection.kernel.provider == "autoawq":
+        # AutoAWQ's loader cannot convert layouts: load with ours, converted, then hand every
+        # layer to AutoAWQ's module class for that layout (same buffers).
+        if selection.name not in AUTOAWQ_MODULES:
+            raise ValueError(f"{selection.name} needs a {selection.layout} checkpoint; this one is {info.version}")
+        wrapper = _load_with_ours(info, dev, selection, selection.layout, from_quantized_kwargs)
+        _hand_to_autoawq(wrapper.model, AUTOAWQ_MODULES[selection.name])
     else:
         wrapper = _load_with_ours(info, dev, selection, layout, from_quantized_kwargs)
     wrapper.awq_kernel_selection = selection
     wrapper.awq_kernel_layers = kernels_in(wrapper.model)
     return wrapper
+
+
+#: AutoAWQ rows whose module class takes this library's buffers as they are
+AUTOAWQ_MODULES = {"autoawq_gemm": "WQLinear_GEMM", "autoawq_triton_gemm": "WQLinear_GEMM",
+                   "autoawq_gemv": "WQLinear_GEMV"}
+
+
+def _hand_to_autoawq(model: torch.nn.Module, class_name: str) -> None:
+    import awq.modules.linear as awq_linear
+    from awq.utils.module import set_op_by_name
+
+    cls = getattr(awq_linear, class_name)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, AWQLinear):
+            theirs = cls(module.w_bit, module.group_size, module.in_features, module.out_features,
+                         module.bias is not None, module.qweight.device)
+            theirs.qweight, theirs.qzeros, theirs.scales = module.qweight, module.qzeros, module.scales
+            theirs.bias = module.bias
+            set_op_by_name(model, name, theirs)
 
 
 def kernels_in(model: torch.nn.Module) -> dict[str, str]:
