@@ -1,0 +1,23 @@
+"""Existing code that calls AutoAWQ's from_quantized switches by changing one line.
+
+    # before
+    from awq import AutoAWQForCausalLM
+    model = AutoAWQForCausalLM.from_quantized(path, fuse_layers=False)
+    # after
+    from awq_kernel_select import load_quantized
+    model = load_quantized(path, fuse_layers=False)
+
+Run with a checkpoint folder: python examples/replace_from_quantized.py PATH
+"""
+
+import sys
+
+import torch
+
+from awq_kernel_select import load_quantized
+
+path = sys.argv[1] if len(sys.argv) > 1 else sys.exit(__doc__)
+model = load_quantized(path)  # same wrapper type as from_quantized: .model, .generate, .quant_config
+print(model.awq_kernel_selection.explain())
+ids = torch.tensor([[1, 2, 3, 4]], device=model.model.device)
+print(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False))
