@@ -97,8 +97,12 @@ def _awq_wrapper(model: Any, trust_remote_code: bool) -> tuple[Any, Any]:
             raise QuantizeError(f"{root} is not a model folder with a config.json (no hub downloads here)")
         from awq import AutoAWQForCausalLM
 
+        # fp16 arithmetic on a CPU is emulated and ~10x slower: search in float32 there (the
+        # packed result is fp16 either way: AutoAWQ quantizes each layer after .half())
+        dtype = torch.float16 if torch.cuda.is_available() else torch.float32
         return AutoAWQForCausalLM.from_pretrained(str(root), trust_remote_code=trust_remote_code,
-                                                  low_cpu_mem_usage=True, use_cache=False), root
+                                                  low_cpu_mem_usage=True, use_cache=False,
+                                                  torch_dtype=dtype), root
     if type(model).__name__ in {c.__name__ for c in AWQ_CAUSAL_LM_MODEL_MAP.values()}:
         return model, None
     config = getattr(model, "config", None)
@@ -273,6 +277,7 @@ def quantize(
         wrapper.is_quantized = True
 
     def write(folder: Path) -> None:
+        wrapper.model.half()  # float32 after a CPU search: checkpoints hold fp16, as AutoAWQ writes them
         wrapper.save_quantized(str(folder))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
