@@ -118,20 +118,20 @@ def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     """The tile shapes the sweep tries (split-K is a run-time argument: it costs no compile)."""
     gemv = layout == "gemv"
     configs = []
-    if m == 1:
+    if m <= 4:  # one program row per token (FMA), re-reading each weight tile from L2
         for bn in (64, 128, 256):
             for warps in (4, 8):
                 for stages in (2, 3):
                     for split in (1, 2, 4, 8, 16):
                         configs.append(MatmulConfig(1, bn, min(g, 128), split, warps, stages))
-    elif m <= 16:
+    if 1 < m <= 16:
         for bn, bk in ((32, 128), (64, 128), (128, 128)) if gemv else ((64, 128), (128, 64), (128, 128), (256, 64)):
             if not gemv and bk > g:
                 continue
             for stages in (2, 3):
                 for split in (1, 2, 4, 8, 16):
                     configs.append(MatmulConfig(16, bn, bk, split, 4, stages))
-    else:
+    if m > 16:
         for bm in (64, 128):
             for bn in (64, 128):
                 for warps in (4, 8):
