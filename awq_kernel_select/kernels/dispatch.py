@@ -98,7 +98,7 @@ def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> M
 #: Tile configurations measured best per GPU by ``benchmarks/kernels.py --sweep`` (shipped
 #: JSON, one file per GPU model). ``AWQ_KERNEL_SELECT_TUNED`` names another file.
 TUNED_DIR = Path(__file__).parent / "tuned"
-M_BUCKETS = (1, 4, 16, 64, 256)  # the M each entry was tuned at; a call uses the next one up
+M_BUCKETS = (1, 2, 4, 16, 64, 256)  # the M each entry was tuned at; a call uses the next one up
 
 
 def m_bucket(m: int) -> int:
