@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .detect import detect_compute_capability
-from .modules import LAYOUT_CLASSES, AWQLinear
+from .modules import LAYOUT_CLASSES, AWQLinear, set_layout, set_path
 from .select import VERSIONS, Selection, select_kernel
 
 
@@ -162,7 +162,7 @@ def load_quantized(
         if selection.name not in AUTOAWQ_MODULES:
             raise ValueError(f"{selection.name} needs a {selection.layout} checkpoint; this one is {info.version}")
         wrapper = _load_with_ours(info, dev, selection, selection.layout, from_quantized_kwargs)
-        _hand_to_autoawq(wrapper.model, AUTOAWQ_MODULES[selection.name])
+        hand_to_autoawq(wrapper.model, AUTOAWQ_MODULES[selection.name])
     else:
         wrapper = _load_with_ours(info, dev, selection, layout, from_quantized_kwargs)
     wrapper.awq_kernel_selection = selection
@@ -175,7 +175,8 @@ AUTOAWQ_MODULES = {"autoawq_gemm": "WQLinear_GEMM", "autoawq_triton_gemm": "WQLi
                    "autoawq_gemv": "WQLinear_GEMV"}
 
 
-def _hand_to_autoawq(model: torch.nn.Module, class_name: str) -> None:
+def hand_to_autoawq(model: torch.nn.Module, class_name: str) -> None:
+    """Replace every packed layer by AutoAWQ's ``class_name`` module holding the same buffers."""
     import awq.modules.linear as awq_linear
     from awq.utils.module import set_op_by_name
 
@@ -248,14 +249,8 @@ def _load_with_ours(info: CheckpointInfo, device: torch.device, selection: Selec
     except (ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{info.path}: the weights do not fit the model: {exc}") from exc
     path = "torch" if selection.name == "torch_dequant" else "auto"
-    want = layout or (info.version if selection.name == "torch_dequant" else selection.layout)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, AWQLinear):
-            if module.layout != want:
-                replacement = module.to_layout(want)
-                set_op_by_name(model, name, replacement)
-                module = replacement
-            module.path = path
+    set_layout(model, layout or (info.version if selection.name == "torch_dequant" else selection.layout))
+    set_path(model, path)
     model.eval()
     quant_config = AwqConfig.from_dict({"zero_point": info.zero_point, "q_group_size": info.group_size,
                                         "w_bit": info.bits, "version": info.version,

@@ -150,3 +150,19 @@ class AKSLinearGEMV(AWQLinear):
 
 
 LAYOUT_CLASSES: dict[str, type[AWQLinear]] = {"gemm": AKSLinearGEMM, "gemv": AKSLinearGEMV}
+
+
+def set_layout(model: nn.Module, layout: str) -> nn.Module:
+    """Convert every packed layer of ``model`` to ``layout`` (lossless), in place."""
+    for name, child in list(model.named_modules()):
+        if isinstance(child, AWQLinear) and child.layout != layout:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, child.to_layout(layout))
+    return model
+
+
+def set_path(model: nn.Module, path: str) -> None:
+    """Make every packed layer of ``model`` run ``path`` ("auto", "torch", ...)."""
+    for child in model.modules():
+        if isinstance(child, AWQLinear):
+            child.path = path

@@ -159,9 +159,13 @@ def check_clip_shapes(linears: Sequence[tuple[str, nn.Linear]]) -> None:
             )
 
 
-def _write_atomically(output_dir: Path, overwrite: bool, write: Any) -> None:
+def _refuse_non_empty(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise QuantizeError(f"{output_dir} exists and is not empty: choose another folder or pass overwrite=True")
+
+
+def _write_atomically(output_dir: Path, overwrite: bool, write: Any) -> None:
+    _refuse_non_empty(output_dir, overwrite)  # again: it may have appeared during quantization
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
@@ -259,8 +263,7 @@ def quantize(
         calib = prepare_calibration(calibration if not isinstance(calibration, os.PathLike) else Path(calibration), tokenizer, max_samples=max_calib_samples,
                                     seq_len=max_calib_seq_len, preset=preset)
     output = Path(output_dir)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise QuantizeError(f"{output} exists and is not empty: choose another folder or pass overwrite=True")
+    _refuse_non_empty(output, overwrite)  # before any model work
 
     device = str(next(wrapper.model.parameters()).device)
     quant_config = {"zero_point": zero_point, "q_group_size": group_size, "w_bit": w_bit, "version": version.upper()}

@@ -250,10 +250,10 @@ def test_stock_autoawq_corrupts_weights_on_cpu_and_ours_does_not() -> None:
 
 def test_autoawq_kernel_on_a_converted_checkpoint(gemv_ckpt: Path, gemm_ckpt: Path) -> None:
     """A row of AutoAWQ's that reads the other layout gets converted buffers in AutoAWQ's class."""
-    from awq_kernel_select.load import _hand_to_autoawq
+    from awq_kernel_select.load import hand_to_autoawq
 
     wrapper = load_quantized(gemv_ckpt, device="cpu", layout="gemm")
-    _hand_to_autoawq(wrapper.model, "WQLinear_GEMM")
+    hand_to_autoawq(wrapper.model, "WQLinear_GEMM")
     assert set(kernels_in(wrapper.model).values()) == {"autoawq_gemm"}
     theirs = {k: v for k, v in wrapper.model.state_dict().items() if k.endswith(("qweight", "qzeros", "scales"))}
     ours = {k: v for k, v in load_quantized(gemm_ckpt, device="cpu").model.state_dict().items()

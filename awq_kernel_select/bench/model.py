@@ -64,21 +64,6 @@ def quantize_linears_rtn(model: nn.Module, group_size: int = 128, layout: str = 
     return model
 
 
-def set_layout(model: nn.Module, layout: str) -> nn.Module:
-    """Convert every packed module to ``layout`` (lossless), in place."""
-    for name, child in list(model.named_modules()):
-        if isinstance(child, AWQLinear) and child.layout != layout:
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, child.to_layout(layout))
-    return model
-
-
-def set_path(model: nn.Module, path: str) -> None:
-    for child in model.modules():
-        if isinstance(child, AWQLinear):
-            child.path = path
-
-
 def embedded_models(layers: int, device: torch.device, tiny: bool = False, group_size: int = 128) -> BenchModels:
     shape = TINY if tiny else LLAMA2_7B
     fp16 = random_llama(shape, layers, device)

@@ -13,11 +13,11 @@ from torch import nn
 
 from .. import __version__
 from ..measured import MeasuredCrossover, save_crossover
-from ..modules import AWQLinear
+from ..modules import set_layout, set_path
 from ..probes import check
 from ..select import select_kernel
 from .latency import LatencyResult, crossover, measure
-from .model import embedded_models, packed_bytes_per_token, set_layout, set_path
+from .model import embedded_models, packed_bytes_per_token
 from .timing import copy_bandwidth
 
 
@@ -77,19 +77,13 @@ def _autoawq_gemm_copy(model: nn.Module) -> nn.Module | str:
     """The same weights on AutoAWQ's own WQLinear_GEMM (awq_ext, else its Triton fallback)."""
     import copy
 
+    from ..load import hand_to_autoawq
+
     try:
-        from awq.modules.linear.gemm import WQLinear_GEMM
-    except Exception as exc:
+        twin = set_layout(copy.deepcopy(model), "gemm")
+        hand_to_autoawq(twin, "WQLinear_GEMM")
+    except ImportError as exc:
         return f"autoawq not importable: {exc}"
-    twin = set_layout(copy.deepcopy(model), "gemm")
-    for name, child in list(twin.named_modules()):
-        if isinstance(child, AWQLinear):
-            theirs = WQLinear_GEMM(4, child.group_size, child.in_features, child.out_features,
-                                   child.bias is not None, child.qweight.device)
-            theirs.qweight, theirs.qzeros, theirs.scales = child.qweight, child.qzeros, child.scales
-            theirs.bias = child.bias
-            parent, _, attr = name.rpartition(".")
-            setattr(twin.get_submodule(parent), attr, theirs)
     return twin
 
 
