@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from . import layouts
-from .kernels.dispatch import DEFAULT_DISPATCH, DispatchPolicy, KernelPath, awq_linear
+from .kernels.dispatch import DEFAULT_DISPATCH, DispatchPolicy, KernelPath, linear_with_replay
+from .kernels.matmul import Replay
 from .layouts import PackedWeights
 
 
@@ -47,6 +48,7 @@ class AWQLinear(nn.Module):
         self.path: KernelPath | str = "auto"  # or a forced path: "gemv", "gemm", "dequant", "torch"
         self.dispatch: DispatchPolicy = DEFAULT_DISPATCH
         self._packed_cache: tuple[tuple[int, int, int], PackedWeights] | None = None
+        self._replays: dict[tuple[object, ...], Replay] = {}
         shapes = layouts.expected_shapes(self.layout, in_features, out_features, group_size)
         self.register_buffer("qweight", torch.zeros(shapes["qweight"], dtype=torch.int32, device=dev))
         self.register_buffer("qzeros", torch.zeros(shapes["qzeros"], dtype=torch.int32, device=dev))
@@ -103,6 +105,7 @@ class AWQLinear(nn.Module):
         self.qzeros = packed.qzeros.contiguous()
         self.scales = packed.scales.contiguous().half()
         self._packed_cache = None
+        self._replays.clear()
 
     # --- use ---------------------------------------------------------------------------------
 
@@ -113,7 +116,13 @@ class AWQLinear(nn.Module):
             packed = PackedWeights(self.layout, self.qweight, self.qzeros, self.scales,
                                    self.in_features, self.out_features, self.group_size)
             self._packed_cache = (key, packed)
+            self._replays.clear()  # they hold the old buffers
         return self._packed_cache[1]
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()  # the launch closures do not pickle; they are rebuilt on use
+        state["_replays"], state["_packed_cache"] = {}, None
+        return state
 
     def to_layout(self, layout: str) -> AWQLinear:
         """A lossless copy of this layer in the other packed layout."""
@@ -125,9 +134,24 @@ class AWQLinear(nn.Module):
     def dequantize(self, dtype: torch.dtype = torch.float16) -> torch.Tensor:
         return layouts.dequantize(self.packed(), dtype)
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return awq_linear(x, self.packed(), self.bias, path=self.path, policy=self.dispatch)  # type: ignore[arg-type]
+        packed = self.packed()  # rebuilt (and the kept launches dropped) if the buffers changed
+        # Eager decode calls each layer with the same shapes over and over: the launch is kept
+        # per (rows, dtype, device, bias, path, dispatch policy) and repeated without the
+        # dispatch. Its output is a fresh tensor that does not require grad.
+        key = (x.numel() // self.in_features, x.dtype, x.get_device(), id(self.bias), self.path,
+               id(self.dispatch))
+        replay = self._replays.get(key)
+        if replay is not None and x.is_contiguous() and x.data_ptr() % 16 == 0:
+            return replay(x.view(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+        with torch.no_grad():
+            out, replay = linear_with_replay(x, packed, self.bias, path=self.path,  # type: ignore[arg-type]
+                                             policy=self.dispatch)
+        if replay is not None:
+            if len(self._replays) >= 64:  # prefill lengths vary: keep the table small
+                self._replays.clear()
+            self._replays[key] = replay
+        return out
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

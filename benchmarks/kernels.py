@@ -16,6 +16,7 @@ Before timing, each contender's output at M = 1 and 16 is compared with a float6
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -114,23 +115,53 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     return {"bandwidth_Bps": bandwidth, "rows": rows, "errors": errors}
 
 
+QUICK_SWEEP = False  # --quick-sweep: fewer stages and tile sizes
+
+
 def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     """The tile shapes the sweep tries (split-K is a run-time argument: it costs no compile)."""
+    configs = _sweep_configs(m, g, layout)
+    if QUICK_SWEEP:
+        configs = [c for c in configs if c.num_stages == 3 and (c.block_m >= 16 or c.block_k >= 128)
+                   and not (m > 16 and c.split_k == 1 and c.block_m >= 64 and c.num_warps == 8)]
+    return configs
+
+
+def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     gemv = layout == "gemv"
     configs = []
-    if m <= 4:  # one program row per token (FMA), re-reading each weight tile from L2
+    splits = (1, 2, 4, 8, 16)
+    if m == 1 and not gemv:  # FMA, 8 nibbles on a third axis; fp32 registers ~ BLOCK_K x BLOCK_N
         for bn in (64, 128, 256):
-            for warps in (4, 8):
-                for stages in (2, 3):
-                    for split in (1, 2, 4, 8, 16):
-                        configs.append(MatmulConfig(1, bn, min(g, 128), split, warps, stages))
-    if 1 < m <= 16:
-        for bn, bk in ((32, 128), (64, 128), (128, 128)) if gemv else ((64, 128), (128, 64), (128, 128), (256, 64)):
-            if not gemv and bk > g:
+            for bk in (32, 64, 128):
+                for warps in (4, 8):
+                    if bk > g or bk * bn > 4096 * warps:
+                        continue
+                    for stages in (2, 3):
+                        configs += [MatmulConfig(1, bn, bk, split, warps, stages) for split in splits]
+    if gemv and m <= 8:  # FMA with all M tokens in one program
+        bm = 1 if m == 1 else (2 if m == 2 else (4 if m <= 4 else 8))
+        for bn in (32, 64, 128):
+            for bk in (64, 128, 256):
+                for warps in (4, 8):
+                    if bm * bn * bk // 8 > 1024 * warps:
+                        continue
+                    for stages in (2, 3):
+                        configs += [MatmulConfig(bm, bn, bk, split, warps, stages) for split in splits]
+    if 1 < m <= 16:  # 16-row tl.dot
+        tiles = ((64, 64), (64, 128), (128, 64), (128, 128)) if gemv else ((64, 128), (128, 64), (128, 128), (256, 64))
+        for bn, bk in tiles:
+            if bk > g:
                 continue
-            for stages in (2, 3):
-                for split in (1, 2, 4, 8, 16):
-                    configs.append(MatmulConfig(16, bn, bk, split, 4, stages))
+            for w_first in ((False, True) if gemv else (False,)):
+                for stages in (2, 3, 4):
+                    configs += [MatmulConfig(16, bn, bk, split, 4, stages, w_first) for split in splits]
+    if 16 < m <= 128:  # batched decode: still memory-bound, so split-K keeps every SM streaming
+        for bm in (16, 32, 64):
+            for bn in (64, 128):
+                bk = min(g, 128 if gemv else 64)
+                for w_first in ((False, True) if gemv else (False,)):
+                    configs += [MatmulConfig(bm, bn, bk, split, 4, 3, w_first) for split in (1, 2, 4, 8)]
     if m > 16:
         for bm in (64, 128):
             for bn in (64, 128):
@@ -145,7 +176,9 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     from awq_kernel_select.kernels.dispatch import pick_config
 
     results, entries = [], []
-    for k, n in {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B}[args.shapes]:
+    shapes = {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B,
+              "two": [(4096, 11008), (8192, 28672)]}[args.shapes]
+    for k, n in shapes:
         copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
         layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
         for layout in args.layouts:
@@ -176,10 +209,11 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                 print(json.dumps(line), flush=True)
                 if best is not None:
                     cfg = best[1]
-                    entries.append({"layout": layout, "K": k, "N": n, "G": GROUP, "M": m, "us": round(best[0], 2),
-                                    "config": {"block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": cfg.block_k,
-                                               "split_k": cfg.split_k, "num_warps": cfg.num_warps,
-                                               "num_stages": cfg.num_stages}})
+                    entry = {"layout": layout, "K": k, "N": n, "G": GROUP, "M": m, "us": round(best[0], 2),
+                             "config": dataclasses.asdict(cfg)}
+                    if "dequant" in timings:  # which of the two paths auto should take at this M
+                        entry["path"] = "dequant" if timings["dequant"] < best[0] else "gemm"
+                    entries.append(entry)
         tuned = {"gpu": torch.cuda.get_device_name(), "source": "benchmarks/kernels.py --sweep", "entries": entries}
         (out_dir / f"tuned-{'-'.join(args.layouts)}.json").write_text(json.dumps(tuned, indent=1))  # after every shape: partial results survive
     return {"sweep": results}
@@ -192,14 +226,17 @@ def main() -> None:
     parser.add_argument("--sweep-ms", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument("--layouts", nargs="+", default=["gemm", "gemv"])
     parser.add_argument("--sweep-ms-gemv", type=int, nargs="*", help="M values for the GEMV layout")
-    parser.add_argument("--shapes", default="all", choices=["all", "7b", "70b"])
+    parser.add_argument("--shapes", default="all", choices=["all", "7b", "70b", "two"])
     parser.add_argument("--quick", action="store_true", help="two shapes, four M")
+    parser.add_argument("--quick-sweep", action="store_true", help="fewer tile configurations")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--only", nargs="*", help="contenders to run")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
+    global QUICK_SWEEP
+    QUICK_SWEEP = args.quick_sweep
     meta = {
         "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),

@@ -117,3 +117,98 @@ def test_wrong_input_width_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="must divide group_size"):
         awq_linear(torch.randn(1, k, device=DEVICE, dtype=torch.float16), packed, path="gemv",
                    config=MatmulConfig(1, 64, 128, 1))
+
+
+TILE_CONFIGS = [  # (layout, config): every family of tiles the kernels have
+    ("gemv", MatmulConfig(1, 32, 64, 2)),  # FMA, one token per program, split-K
+    ("gemv", MatmulConfig(2, 32, 128, 1)),  # FMA, tiles spanning two groups of 64
+    ("gemv", MatmulConfig(4, 16, 32, 3)),  # FMA, half a group per tile, uneven split-K
+    ("gemv", MatmulConfig(8, 32, 64, 1)),
+    ("gemv", MatmulConfig(16, 32, 32, 2)),  # tl.dot
+    ("gemv", MatmulConfig(16, 64, 64, 1, w_first=True)),  # tl.dot, W @ x^T
+    ("gemm", MatmulConfig(1, 64, 32, 2)),  # FMA
+    ("gemm", MatmulConfig(16, 32, 64, 1)),  # tl.dot
+]
+
+
+@pytest.mark.parametrize("layout,cfg", TILE_CONFIGS, ids=[f"{lay}-{c}" for lay, c in TILE_CONFIGS])
+def test_tile_configurations(layout: str, cfg: MatmulConfig) -> None:
+    k, n = SHAPES[0]
+    packed = random_packed(k, n, 64, layout, seed=5)
+    ref_w = L.dequantize(packed, torch.float64)
+    for m in (1, 3, 8, 11):
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+        bias = torch.randn(n, device=DEVICE, dtype=torch.float16) if m % 2 else None
+        poison_allocator(m * n)
+        out = awq_linear(x, packed, bias, path="gemv", config=cfg)
+        ref = x.double() @ ref_w.t() + (bias.double() if bias is not None else 0)
+        assert rel_err(out, ref) < TOL, f"M={m}"
+
+
+@pytest.mark.parametrize("cfg", [MatmulConfig(2, 64, 64, 1), MatmulConfig(1, 64, 64, 1, w_first=True),
+                                 MatmulConfig(16, 64, 64, 1, w_first=True)])
+def test_impossible_tiles_are_refused(cfg: MatmulConfig) -> None:
+    """BLOCK_M = 2 on the GEMM layout, w_first with FMA or on the GEMM layout."""
+    packed = random_packed(*SHAPES[0], 64, "gemm", seed=2)
+    with pytest.raises(ValueError):
+        awq_linear(torch.randn(2, SHAPES[0][0], device=DEVICE, dtype=torch.float16), packed,
+                   path="gemv", config=cfg)
+
+
+@pytest.mark.parametrize("layout", ["gemm", "gemv"])
+def test_dequant_path_in_column_chunks(layout: str) -> None:
+    """Chunks smaller than the layer (the last one partial) give the same product, bias included."""
+    k, n = SHAPES[-1]
+    assert n > 128
+    packed = random_packed(k, n, 64, layout, seed=9)
+    ref_w = L.dequantize(packed, torch.float64)
+    x = torch.randn(40, k, device=DEVICE, dtype=torch.float16)
+    bias = torch.randn(n, device=DEVICE, dtype=torch.float16)
+    policy = DispatchPolicy(dequant_chunk_bytes=2 * k * 128, dequant_chunk_min_cols=0)  # 128 columns a chunk
+    for b in (None, bias):
+        out = awq_linear(x, packed, b, path="dequant", policy=policy)
+        ref = x.double() @ ref_w.t() + (b.double() if b is not None else 0)
+        assert rel_err(out, ref) < TOL
+
+
+def test_module_repeats_launches_correctly() -> None:
+    """The modules' cached launches (GPU) give what a fresh dispatch gives, follow new weights
+    and inputs, and are dropped when the buffers change."""
+    from awq_kernel_select.modules import AKSLinearGEMV
+
+    k, n = SHAPES[0]
+    mod = AKSLinearGEMV.from_packed(random_packed(k, n, 64, "gemv", seed=4),
+                                    torch.randn(n, device=DEVICE, dtype=torch.float16))
+    for m in (1, 1, 2, 2, 1):
+        x = torch.randn(1, m, k, device=DEVICE, dtype=torch.float16)
+        ref = x.double() @ mod.dequantize(torch.float64).t() + mod.bias.double()  # type: ignore[union-attr]
+        assert rel_err(mod(x), ref) < TOL
+    assert len(mod._replays) == (2 if GPU else 0)
+    other = random_packed(k, n, 64, "gemv", seed=5)
+    mod._load_packed(other)  # new buffers: the kept launches must not run the old weights
+    assert not mod._replays
+    x = torch.randn(1, 1, k, device=DEVICE, dtype=torch.float16)
+    assert rel_err(mod(x), x.double() @ L.dequantize(other, torch.float64).t() + mod.bias.double()) < TOL  # type: ignore[union-attr]
+
+
+def test_tuned_table_lookup_falls_back_to_the_next_bucket(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """M = 5..8 with no bucket-8 entry uses bucket 16's; never crosses into the M > 16 regime."""
+    import json
+
+    from awq_kernel_select.kernels import dispatch
+
+    entry = {"layout": "gemm", "K": 64, "N": 32, "G": 32, "M": 16, "us": 1.0,
+             "config": {"block_m": 16, "block_n": 32, "block_k": 32, "split_k": 2}}
+    big = dict(entry, M=64, path="dequant", config=dict(entry["config"], block_m=64))
+    (tmp_path / "t.json").write_text(json.dumps({"gpu": "Fake GPU", "entries": [entry, big]}))
+    monkeypatch.setenv("AWQ_KERNEL_SELECT_TUNED", str(tmp_path / "t.json"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    dispatch._tuned_table.cache_clear()
+    try:
+        cuda = torch.device("cuda")
+        assert dispatch.tuned_entry(cuda, "gemm", 7, 32, 64, 32).config.block_m == 16  # type: ignore[union-attr]
+        assert dispatch.tuned_entry(cuda, "gemm", 17, 32, 64, 32).path == "dequant"  # type: ignore[union-attr]
+        assert dispatch.tuned_entry(cuda, "gemm", 100, 32, 64, 32) is None  # no bucket >= 128
+        assert dispatch.tuned_entry(cuda, "gemv", 7, 32, 64, 32) is None
+    finally:
+        dispatch._tuned_table.cache_clear()

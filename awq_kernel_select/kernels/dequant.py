@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import launch
 from .tiles import dequant_gemm_layout_tile, dequant_gemv_layout_tile
 
 
@@ -40,15 +41,23 @@ def dequantize_kernel(
 def dequantize_triton(
     qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, *,
     gemv_layout: bool, in_features: int, out_features: int, group_size: int,
+    out: torch.Tensor | None = None, block_k: int = 64, block_n: int = 64, num_warps: int = 4,
 ) -> torch.Tensor:
-    """fp16 weight: ``[N, K]`` for the GEMV layout, ``[K, N]`` (= W^T) for the GEMM layout."""
+    """fp16 weight: ``[N, K]`` for the GEMV layout, ``[K, N]`` (= W^T) for the GEMM layout.
+
+    The packed tensors may be row (GEMV layout) or column (GEMM layout) slices of a larger
+    layer: only their strides are used. ``out``, if given, receives the weight.
+    """
     K, N = in_features, out_features
-    block_k = min(group_size, 64)
-    block_n = 64
-    out = torch.empty((N, K) if gemv_layout else (K, N), dtype=torch.float16, device=qweight.device)
-    dequantize_kernel[(triton.cdiv(K, block_k), triton.cdiv(N, block_n))](
-        qweight, qzeros, scales, out, K, N,
-        qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
-        GEMV_LAYOUT=gemv_layout, GROUP_SIZE=group_size, BLOCK_K=block_k, BLOCK_N=block_n,
-    )
+    block_k = min(group_size, block_k)
+    shape = (N, K) if gemv_layout else (K, N)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float16, device=qweight.device)
+    elif tuple(out.shape) != shape or out.stride(-1) != 1 or out.dtype != torch.float16:
+        raise ValueError(f"out must be a row-contiguous fp16 {shape} tensor, got {tuple(out.shape)} {out.dtype}")
+    launch(dequantize_kernel, (-(-K // block_k), -(-N // block_n), 1),
+           (qweight, qzeros, scales, out, K, N,
+            qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0)),
+           dict(GEMV_LAYOUT=gemv_layout, GROUP_SIZE=group_size, BLOCK_K=block_k, BLOCK_N=block_n),
+           num_warps, 2)
     return out

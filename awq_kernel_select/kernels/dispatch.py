@@ -3,10 +3,12 @@
 =========  ===========================================  =====================================
 path       what runs                                    used for (defaults)
 =========  ===========================================  =====================================
-gemv       fused kernel, split-K, FMA (M=1) or 16-row   M <= 16 (decode)
-           ``tl.dot`` (M=2..16)
-gemm       fused kernel, ``tl.dot`` tiles, no split-K   16 < M < 256 (batched decode)
-dequant    Triton dequantize to fp16, then cuBLAS       M >= 256 (prefill)
+gemv       fused kernel, split-K, FMA (few tokens) or   M <= 16 (decode)
+           16-row ``tl.dot``
+gemm       fused kernel, ``tl.dot`` tiles (split-K      16 < M < 256 (batched decode)
+           where tuned)
+dequant    Triton dequantize to fp16 (in L2-sized       M >= 256 (prefill)
+           column chunks where that helps), cuBLAS
 torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
 =========  ===========================================  =====================================
 
@@ -28,7 +30,8 @@ import torch
 
 from ..layouts import PackedWeights
 from .dequant import dequantize_triton
-from .matmul import MatmulConfig, awq_matmul
+from .matmul import MatmulConfig, Replay
+from .matmul import _matmul as fused_matmul
 from .reference import reference_linear
 
 KernelPath = Literal["gemv", "gemm", "dequant", "torch"]
@@ -39,6 +42,13 @@ PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "torch")
 class DispatchPolicy:
     gemv_max_tokens: int = 16  # M <= this: the GEMV regime
     dequant_min_tokens: int = 256  # M >= this: dequantize + cuBLAS (a tuned entry may say otherwise)
+    #: dequantize + cuBLAS goes through the layer in column chunks of at most this many fp16
+    #: bytes, so that each chunk is written to and read back from L2 rather than DRAM
+    #: (0: the whole layer at once) ...
+    dequant_chunk_bytes: int = 32 * 2**20
+    #: ... but only where a chunk still has this many columns (narrower cuBLAS calls lose more
+    #: than L2 saves: H100 sweep, docs/kernels.md)
+    dequant_chunk_min_cols: int = 2048
 
     def path_for(self, m: int) -> KernelPath:
         if m <= self.gemv_max_tokens:
@@ -74,18 +84,27 @@ def _pow2_floor(v: int) -> int:
 
 
 def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_count: int) -> MatmulConfig:
-    """Tiles for M <= 16: enough programs (about 4 per SM) that every SM streams weights."""
-    if m == 1:
-        block_m, block_n, warps = 1, (64 if gemv_layout else 128), 4
-        block_k = min(group_size, 128)
+    """Tiles for M <= 16: enough programs (about 4 per SM) that every SM streams weights.
+
+    From the H100 sweeps (docs/kernels.md): the GEMV layout runs FMAs with every token in one
+    program up to M = 2 (and 4 on 7B shapes), then ``out^T = W @ x^T`` as a ``tl.dot``; the GEMM
+    layout runs one FMA program row per token at M = 1, a 16-row ``tl.dot`` above.
+    """
+    w_first = False
+    if gemv_layout and m <= 4:
+        block_m, block_n = (1 if m == 1 else (2 if m == 2 else 4)), (128 if m <= 2 else 64)
+    elif gemv_layout:
+        block_m, block_n, w_first = 16, 128, True
+    elif m == 1:
+        block_m, block_n = 1, 256
     else:
-        block_m, block_n, warps = 16, (64 if gemv_layout else 128), 4
-        block_k = min(group_size, 128)
+        block_m, block_n = 16, 128
+    block_k = min(group_size, 128) if gemv_layout or m > 1 else min(group_size, 64)
     tiles = -(-n // block_n) * -(-m // block_m)
     k_tiles = -(-k // block_k)
     split = _pow2_floor(max(1, (4 * sm_count) // tiles))
     split = min(split, _pow2_floor(k_tiles), 16)
-    return MatmulConfig(block_m, block_n, block_k, split, warps, 3)
+    return MatmulConfig(block_m, block_n, block_k, split, 4, 3, w_first)
 
 
 def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> MatmulConfig:
@@ -98,7 +117,7 @@ def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> M
 #: Tile configurations measured best per GPU by ``benchmarks/kernels.py --sweep`` (shipped
 #: JSON, one file per GPU model). ``AWQ_KERNEL_SELECT_TUNED`` names another file.
 TUNED_DIR = Path(__file__).parent / "tuned"
-M_BUCKETS = (1, 2, 4, 16, 64, 256)  # the M each entry was tuned at; a call uses the next one up
+M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # the M each entry was tuned at; a call uses the next one up
 
 
 def m_bucket(m: int) -> int:
@@ -126,9 +145,18 @@ def _tuned_table(device_name: str) -> dict[tuple[str, int, int, int, int], Tuned
 
 
 def tuned_entry(device: torch.device, layout: str, m: int, n: int, k: int, g: int) -> TunedEntry | None:
+    """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not)."""
     if device.type != "cuda":
         return None
-    return _tuned_table(torch.cuda.get_device_name(device)).get((layout, k, n, g, m_bucket(m)))
+    table = _tuned_table(torch.cuda.get_device_name(device))
+    bucket = m_bucket(m)
+    for b in M_BUCKETS[M_BUCKETS.index(bucket):]:
+        if (b <= 16) != (bucket <= 16):
+            break
+        found = table.get((layout, k, n, g, b))
+        if found is not None:
+            return found
+    return None
 
 
 def pick_config(device: torch.device, path: KernelPath, layout: str, m: int, n: int, k: int, g: int) -> MatmulConfig:
@@ -155,6 +183,43 @@ def plan(device: torch.device, layout: str, m: int, n: int, k: int, g: int,
     return chosen, config
 
 
+def dequant_matmul(x: torch.Tensor, weights: PackedWeights, bias: torch.Tensor | None,
+                   chunk_bytes: int, min_cols: int = 0) -> torch.Tensor:
+    """``x @ W^T + bias`` in fp16 by dequantizing ``W`` (Triton) and multiplying with cuBLAS.
+
+    With ``chunk_bytes > 0`` the layer is done in chunks of output columns whose fp16 weights
+    take at most ``chunk_bytes``: one scratch buffer is dequantized into and multiplied from,
+    chunk after chunk, so it stays in L2 and the fp16 weight never travels to DRAM and back.
+    """
+    K, N, g = weights.in_features, weights.out_features, weights.group_size
+    gemv_layout = weights.layout == "gemv"
+    x16 = x.to(torch.float16)
+    b16 = None if bias is None else bias.to(torch.float16)
+    cols = N if chunk_bytes <= 0 else max(128, chunk_bytes // (2 * K) // 128 * 128)
+    if cols >= N or cols < min_cols:
+        w = dequantize_triton(weights.qweight, weights.qzeros, weights.scales, gemv_layout=gemv_layout,
+                              in_features=K, out_features=N, group_size=g)
+        return torch.nn.functional.linear(x16, w if gemv_layout else w.t(), b16)
+    out = torch.empty(x.shape[0], N, dtype=torch.float16, device=x.device)
+    scratch = torch.empty(cols * K, dtype=torch.float16, device=x.device)
+    for n0 in range(0, N, cols):
+        n1 = min(N, n0 + cols)
+        if gemv_layout:  # rows n0..n1 of W [N, K]
+            w = dequantize_triton(weights.qweight[n0:n1], weights.qzeros[n0:n1], weights.scales[n0:n1],
+                                  gemv_layout=True, in_features=K, out_features=n1 - n0, group_size=g,
+                                  out=scratch[: (n1 - n0) * K].view(n1 - n0, K)).t()
+        else:  # columns n0..n1 of W^T [K, N]
+            w = dequantize_triton(weights.qweight[:, n0 // 8:n1 // 8], weights.qzeros[:, n0 // 8:n1 // 8],
+                                  weights.scales[:, n0:n1], gemv_layout=False, in_features=K,
+                                  out_features=n1 - n0, group_size=g,
+                                  out=scratch[: (n1 - n0) * K].view(K, n1 - n0))
+        if b16 is None:  # written in place: cuBLAS takes the column slice's row stride
+            torch.mm(x16, w, out=out[:, n0:n1])
+        else:
+            torch.addmm(b16[n0:n1], x16, w, out=out[:, n0:n1])
+    return out
+
+
 def awq_linear(
     x: torch.Tensor,
     weights: PackedWeights,
@@ -169,6 +234,21 @@ def awq_linear(
     ``path="auto"`` picks by the number of rows (see the module docstring); a named path is
     honoured as asked, and ``config`` overrides the tile choice (benchmarks, tuning).
     """
+    return linear_with_replay(x, weights, bias, path=path, policy=policy, config=config)[0]
+
+
+def linear_with_replay(
+    x: torch.Tensor,
+    weights: PackedWeights,
+    bias: torch.Tensor | None = None,
+    *,
+    path: KernelPath | Literal["auto"] = "auto",
+    policy: DispatchPolicy = DEFAULT_DISPATCH,
+    config: MatmulConfig | None = None,
+) -> tuple[torch.Tensor, Replay | None]:
+    """:func:`awq_linear`, and for the fused paths a function ``[M, K] -> [M, N]`` that repeats
+    the same launch for a new contiguous input of the same shape and dtype with almost no
+    Python in between (what the modules use in eager decode); None for the other paths."""
     if x.shape[-1] != weights.in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the layer expects {weights.in_features}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -177,22 +257,19 @@ def awq_linear(
     x2 = x.reshape(-1, weights.in_features)
     m = x2.shape[0]
     if m == 0:
-        return x.new_zeros(*lead, weights.out_features)
+        return x.new_zeros(*lead, weights.out_features), None
     chosen, planned = plan(x.device, weights.layout, m, weights.out_features, weights.in_features,
                            weights.group_size, path, policy)
     if chosen != "torch" and not triton_usable(x.device):
         raise RuntimeError(f"path {chosen!r} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
-    gemv_layout = weights.layout == "gemv"
-    common = dict(gemv_layout=gemv_layout, in_features=weights.in_features,
-                  out_features=weights.out_features, group_size=weights.group_size)
+    replay = None
     if chosen == "torch":
         out = reference_linear(x2, weights, bias)
     elif chosen == "dequant":
-        w = dequantize_triton(weights.qweight, weights.qzeros, weights.scales, **common)  # type: ignore[arg-type]
-        w = w if gemv_layout else w.t()
-        out = torch.nn.functional.linear(x2.to(torch.float16), w, None if bias is None else bias.to(torch.float16))
-        out = out.to(x.dtype)
+        out = dequant_matmul(x2, weights, bias, policy.dequant_chunk_bytes,
+                             policy.dequant_chunk_min_cols).to(x.dtype)
     else:
-        out = awq_matmul(x2, weights.qweight, weights.qzeros, weights.scales, bias,
-                         config=config or planned, **common)  # type: ignore[arg-type]
-    return out.reshape(*lead, weights.out_features)
+        out, replay = fused_matmul(x2, weights.qweight, weights.qzeros, weights.scales, bias,
+                                   weights.layout == "gemv", weights.in_features, weights.out_features,
+                                   weights.group_size, config or planned, None)
+    return out.reshape(*lead, weights.out_features), replay

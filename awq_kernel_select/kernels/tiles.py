@@ -2,16 +2,20 @@
 
 Two ways, each used where it measured faster on the H100 (docs/kernels.md):
 
-* **whole tiles** (``dequant_*_layout_tile``): the 8 nibbles of each word are unpacked along a
-  new axis and the tile is reshaped to ``[BLOCK_K, BLOCK_N]`` (or ``[BLOCK_N, BLOCK_K]``): what
-  ``tl.dot`` and contiguous stores need;
-* **nibble by nibble** (``dequant_gemv_nibble``, GEMV layout): nibble ``c`` of word ``[n, j]``
-  is input column ``8j + c``; it is taken in the register layout of the loaded words, with no
-  reshape, and meets the ``x`` values ``x[8j + c]``.
+* **whole tiles** (``dequant_*_layout_tile``, fp16): the 8 nibbles of each word are unpacked
+  along a new axis and the tile is reshaped to ``[BLOCK_K, BLOCK_N]`` (or ``[BLOCK_N, BLOCK_K]``):
+  what ``tl.dot`` and contiguous stores need;
+* **nibble by nibble** (``nibble_as_f32_one_plus_q16``, the FMA paths): nibble ``c`` of word
+  ``[n, j]`` is taken in the register layout of the loaded words, with no reshape.
 
 int4 -> fp16 without a conversion instruction: ``0x6400 | q`` read as fp16 is ``1024 + q``
 exactly, so ``(1024 + q) - (1024 + z)`` is the exact integer ``q - z``, and one multiply by the
 scale rounds once, as AutoAWQ's own ``(q - z) * s`` does.
+
+int4 -> fp32 for the FMA paths, two integer instructions per weight: the nibble is shifted to
+mantissa bits 19..22 and or-ed into the bit pattern of 1.0, which reads as ``1 + q / 16``
+exactly. The zero point and scale are folded once per group or per packed word:
+``(q - z) * s = (1 + q / 16) * 16 s - (16 + z) * s``.
 """
 
 from __future__ import annotations
@@ -21,39 +25,33 @@ import triton.language as tl
 
 
 @triton.jit
-def nibble_as_f16_plus_1024(words, SHIFT: tl.constexpr):
-    """``1024 + ((words >> SHIFT) & 0xF)`` as fp16, by bit pattern."""
-    return (((words >> SHIFT) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+def nibble_as_f32_one_plus_q16(words, C: tl.constexpr):
+    """``1 + q / 16`` as fp32, ``q = (words >> 4C) & 0xF``: the nibble moved to mantissa bits 19..22."""
+    if 4 * C <= 19:
+        bits = words << (19 - 4 * C)
+    else:
+        bits = words >> (4 * C - 19)
+    return ((bits & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def dequant_gemv_nibble(q, zeros_f16, scales_f16, C: tl.constexpr):
-    """fp16 weights ``W[n, 8j + C]`` for a ``[BLOCK_N, BLOCK_K / 8]`` tile of GEMV-layout words.
-
-    ``zeros_f16`` and ``scales_f16`` broadcast against the tile: ``[BLOCK_N, 1]`` when the tile
-    lies in one group, ``[BLOCK_N, BLOCK_K / 8]`` when it spans several.
-    """
-    return (nibble_as_f16_plus_1024(q, 4 * C) - zeros_f16) * scales_f16
-
-
-@triton.jit
-def gemv_group_params(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
-                      GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """GEMV-layout zeros (as ``1024 + z`` fp16) and scales for the tile starting at column ``k0``."""
+def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                          GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``(16 s, -(16 + z) s)`` in fp32 for the GEMV-layout tile at column ``k0`` (see the top)."""
     if BLOCK_K <= GROUP_SIZE:  # one group: one value per row
         group = k0 // GROUP_SIZE
         zw = tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n, other=0)
-        z = (((zw >> ((group % 8) * 4)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-        s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n, other=0.0).to(tl.float16)
-        return z[:, None], s[:, None]
+        s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n, other=0.0).to(tl.float32)
+        z = ((zw >> ((group % 8) * 4)) & 0xF).to(tl.float32)
+        return (16.0 * s)[:, None], (-(16.0 + z) * s)[:, None]
     else:  # several groups: one value per packed column j (8 columns never straddle a group)
         group = (k0 + 8 * tl.arange(0, BLOCK_K // 8)) // GROUP_SIZE
         zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + (group // 8)[None, :],
                      mask=mask_n[:, None], other=0)
-        z = (((zw >> ((group % 8) * 4)[None, :]) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
         s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group[None, :],
-                    mask=mask_n[:, None], other=0.0).to(tl.float16)
-        return z, s
+                    mask=mask_n[:, None], other=0.0).to(tl.float32)
+        z = ((zw >> ((group % 8) * 4)[None, :]) & 0xF).to(tl.float32)
+        return 16.0 * s, -(16.0 + z) * s
 
 
 # --- whole tiles ---------------------------------------------------------------------------
