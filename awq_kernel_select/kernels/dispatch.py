@@ -30,8 +30,7 @@ import torch
 
 from ..layouts import PackedWeights
 from .dequant import dequantize_triton
-from .matmul import MatmulConfig, Replay
-from .matmul import _matmul as fused_matmul
+from .matmul import MatmulConfig, Replay, awq_matmul_with_replay
 from .reference import reference_linear
 
 KernelPath = Literal["gemv", "gemm", "dequant", "torch"]
@@ -269,7 +268,7 @@ def linear_with_replay(
         out = dequant_matmul(x2, weights, bias, policy.dequant_chunk_bytes,
                              policy.dequant_chunk_min_cols).to(x.dtype)
     else:
-        out, replay = fused_matmul(x2, weights.qweight, weights.qzeros, weights.scales, bias,
-                                   weights.layout == "gemv", weights.in_features, weights.out_features,
-                                   weights.group_size, config or planned, None)
+        out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,
+                                             weights.layout == "gemv", weights.in_features,
+                                             weights.out_features, weights.group_size, config or planned, None)
     return out.reshape(*lead, weights.out_features), replay

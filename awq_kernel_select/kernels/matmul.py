@@ -33,8 +33,10 @@ from .launch import launch
 from .tiles import (
     dequant_gemm_layout_tile,
     dequant_gemv_layout_tile,
+    fold_zero_into_scale,
     gemv_group_scales_f32,
     nibble_as_f32_one_plus_q16,
+    one_plus_q16,
 )
 
 
@@ -155,9 +157,8 @@ def awq_gemm_layout_kernel(
             zw = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=mask_pn, other=0)
             s = tl.load(scales_ptr + group * stride_scales + cols, mask=cols < N, other=0.0).to(tl.float32)
             z = ((zw[:, None] >> (4 * nib)[None, :]) & 0xF).to(tl.float32)
-            s16, zs = 16.0 * s, -(16.0 + z) * s  # [BLOCK_N / 8, 8]
-            bits = ((q[:, :, None] >> (4 * nib)[None, None, :]) << 19) & 0x780000
-            f = (bits | 0x3F800000).to(tl.float32, bitcast=True)  # 1 + q / 16
+            s16, zs = fold_zero_into_scale(s, z)  # [BLOCK_N / 8, 8]
+            f = one_plus_q16((q[:, :, None] >> (4 * nib)[None, None, :]) << 19)
             x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
             acc3 += (f * s16[None, :, :] + zs[None, :, :]) * x[:, None, None]
         else:
@@ -299,34 +300,16 @@ def _workspace(device: torch.device, rows: int, n: int, tiles: int) -> tuple[tor
     return found
 
 
-def awq_matmul(
-    x: torch.Tensor,
-    qweight: torch.Tensor,
-    qzeros: torch.Tensor,
-    scales: torch.Tensor,
-    bias: torch.Tensor | None,
-    *,
-    gemv_layout: bool,
-    in_features: int,
-    out_features: int,
-    group_size: int,
-    config: MatmulConfig,
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """``x [M, K] @ W^T (+ bias) -> [M, N]`` for one packed layer, with an explicit config."""
-    return _matmul(x, qweight, qzeros, scales, bias, gemv_layout, in_features, out_features, group_size,
-                   config, out_dtype)[0]
-
-
 Replay = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
             bias: torch.Tensor | None, gemv_layout: bool, in_features: int, out_features: int,
             group_size: int, config: MatmulConfig, out_dtype: torch.dtype | None
             ) -> tuple[torch.Tensor, Replay | None]:
-    """The launch, and a function that repeats it for another ``x`` of the same shape, dtype and
-    16-byte alignment (contiguous), straight through Triton's launcher (None where that is off)."""
+    """``x [M, K] @ W^T (+ bias) -> [M, N]`` for one packed layer with an explicit config, and a
+    function that repeats the launch for another ``x`` of the same shape, dtype and 16-byte
+    alignment (contiguous), straight through Triton's launcher (None where that is off)."""
     M, K = x.shape
     N = out_features
     if K != in_features:
@@ -359,7 +342,7 @@ def _matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales
     spare = (workspace.data_ptr(), tickets.data_ptr()) if split_k > 1 else None
     tail = (*sizes, *meta.values())
     device, index = x.device, x.device.index if x.device.index is not None else torch.cuda.current_device()
-    keep_alive = (qweight, qzeros, scales, bias, workspace, tickets)  # the addresses stay valid
+    keep_alive = (qweight, qzeros, scales, bias, *((workspace, tickets) if split_k > 1 else ()))
 
     def replay(x_new: torch.Tensor) -> torch.Tensor:
         out_new = torch.empty(M, N, dtype=dtype, device=device)

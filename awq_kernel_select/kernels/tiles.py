@@ -25,13 +25,25 @@ import triton.language as tl
 
 
 @triton.jit
+def one_plus_q16(bits):
+    """``1 + q / 16`` as fp32, for ``q`` held in bits 19..22 of ``bits`` (the others are ignored)."""
+    return ((bits & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def fold_zero_into_scale(s, z):
+    """``(16 s, -(16 + z) s)``: then ``(q - z) s = one_plus_q16 * 16 s - (16 + z) s``."""
+    return 16.0 * s, -(16.0 + z) * s
+
+
+@triton.jit
 def nibble_as_f32_one_plus_q16(words, C: tl.constexpr):
     """``1 + q / 16`` as fp32, ``q = (words >> 4C) & 0xF``: the nibble moved to mantissa bits 19..22."""
     if 4 * C <= 19:
         bits = words << (19 - 4 * C)
     else:
         bits = words >> (4 * C - 19)
-    return ((bits & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    return one_plus_q16(bits)
 
 
 @triton.jit
@@ -43,7 +55,8 @@ def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qze
         zw = tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n, other=0)
         s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n, other=0.0).to(tl.float32)
         z = ((zw >> ((group % 8) * 4)) & 0xF).to(tl.float32)
-        return (16.0 * s)[:, None], (-(16.0 + z) * s)[:, None]
+        s16, zs = fold_zero_into_scale(s, z)
+        return s16[:, None], zs[:, None]
     else:  # several groups: one value per packed column j (8 columns never straddle a group)
         group = (k0 + 8 * tl.arange(0, BLOCK_K // 8)) // GROUP_SIZE
         zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + (group // 8)[None, :],
@@ -51,7 +64,7 @@ def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qze
         s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group[None, :],
                     mask=mask_n[:, None], other=0.0).to(tl.float32)
         z = ((zw >> ((group % 8) * 4)[None, :]) & 0xF).to(tl.float32)
-        return 16.0 * s, -(16.0 + z) * s
+        return fold_zero_into_scale(s, z)
 
 
 # --- whole tiles ---------------------------------------------------------------------------
