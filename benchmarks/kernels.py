@@ -75,7 +75,7 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     bandwidth = copy_bandwidth()
     print(f"device-to-device copy bandwidth: {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
     shapes = SHAPES_7B + SHAPES_70B if not args.quick else [(4096, 11008), (8192, 28672)]
-    ms = MS if not args.quick else [1, 16, 256, 1024]
+    ms = args.ms or (MS if not args.quick else [1, 16, 256, 1024])
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     for k, n in shapes:
@@ -139,8 +139,17 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
                         continue
                     for stages in (2, 3):
                         configs += [MatmulConfig(1, bn, bk, split, warps, stages) for split in splits]
-    if gemv and m <= 8:  # FMA with all M tokens in one program
-        bm = 1 if m == 1 else (2 if m == 2 else (4 if m <= 4 else 8))
+    if gemv and m == 1:  # FMA, one PTX dot per packed word; more rows per thread share x
+        for bn in (64, 128, 256):
+            for bk in (64, 128, 256):
+                for warps in (4, 8):
+                    if bn * bk // 8 > 1024 * warps or bn * bk // 8 < 128 * warps:
+                        continue
+                    for prefetch in (False, True):
+                        configs += [MatmulConfig(1, bn, bk, split, warps, 3, prefetch=prefetch)
+                                    for split in (4, 8, 16, 32, 64)]
+    if gemv and 1 < m <= 8:  # FMA with all M tokens in one program
+        bm = 2 if m == 2 else (4 if m <= 4 else 8)
         for bn in (32, 64, 128):
             for bk in (64, 128, 256):
                 for warps in (4, 8):
@@ -228,6 +237,7 @@ def main() -> None:
     parser.add_argument("--sweep-ms-gemv", type=int, nargs="*", help="M values for the GEMV layout")
     parser.add_argument("--shapes", default="all", choices=["all", "7b", "70b", "two"])
     parser.add_argument("--quick", action="store_true", help="two shapes, four M")
+    parser.add_argument("--ms", type=int, nargs="+", help="the table's M values (default: all)")
     parser.add_argument("--quick-sweep", action="store_true", help="fewer tile configurations")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--only", nargs="*", help="contenders to run")

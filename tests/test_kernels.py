@@ -121,6 +121,7 @@ def test_wrong_input_width_is_a_clear_error() -> None:
 
 TILE_CONFIGS = [  # (layout, config): every family of tiles the kernels have
     ("gemv", MatmulConfig(1, 32, 64, 2)),  # FMA, one token per program, split-K
+    ("gemv", MatmulConfig(1, 32, 64, 3, prefetch=True)),  # ... loading the next tile early
     ("gemv", MatmulConfig(2, 32, 128, 1)),  # FMA, tiles spanning two groups of 64
     ("gemv", MatmulConfig(4, 16, 32, 3)),  # FMA, half a group per tile, uneven split-K
     ("gemv", MatmulConfig(8, 32, 64, 1)),
@@ -145,8 +146,21 @@ def test_tile_configurations(layout: str, cfg: MatmulConfig) -> None:
         assert rel_err(out, ref) < TOL, f"M={m}"
 
 
+@pytest.mark.parametrize("cfg", [MatmulConfig(1, 32, 128, 1), MatmulConfig(1, 32, 128, 2), MatmulConfig(2, 32, 128, 1),
+                                 MatmulConfig(1, 32, 64, 2, prefetch=True)])
+def test_last_tile_past_k_reads_no_x_beyond_k(cfg: MatmulConfig) -> None:
+    """K = 320 with 128-wide tiles: the last tile is half outside; x's row goes on with junk."""
+    k, n = 320, 72
+    packed = random_packed(k, n, 64, "gemv", seed=9)
+    wide = torch.full((3, k + 64), float("nan"), device=DEVICE, dtype=torch.float16)
+    wide[:, :k] = torch.randn(3, k, device=DEVICE, dtype=torch.float16)
+    x = wide[:, :k]  # rows at stride k + 64: reading x past K would bring NaN in
+    ref = x.double() @ L.dequantize(packed, torch.float64).t()
+    assert rel_err(awq_linear(x, packed, path="gemv", config=cfg), ref) < TOL
+
+
 @pytest.mark.parametrize("cfg", [MatmulConfig(2, 64, 64, 1), MatmulConfig(1, 64, 64, 1, w_first=True),
-                                 MatmulConfig(16, 64, 64, 1, w_first=True)])
+                                 MatmulConfig(16, 64, 64, 1, w_first=True), MatmulConfig(2, 64, 64, 1, prefetch=True)])
 def test_impossible_tiles_are_refused(cfg: MatmulConfig) -> None:
     """BLOCK_M = 2 on the GEMM layout, w_first with FMA or on the GEMM layout."""
     packed = random_packed(*SHAPES[0], 64, "gemm", seed=2)

@@ -87,8 +87,15 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
 
     From the H100 sweeps (docs/kernels.md): the GEMV layout runs FMAs with every token in one
     program up to M = 2 (and 4 on 7B shapes), then ``out^T = W @ x^T`` as a ``tl.dot``; the GEMM
-    layout runs one FMA program row per token at M = 1, a 16-row ``tl.dot`` above.
+    layout runs one FMA program row per token at M = 1, a 16-row ``tl.dot`` above. At M = 1 the
+    GEMV layout's best tiles were 256 rows x 128 columns on 8 warps, loading the next tile early,
+    with about 8 programs per SM.
     """
+    if gemv_layout and m == 1:
+        block_k = min(group_size, 128)
+        k_tiles, tiles = -(-k // block_k), -(-n // 256)
+        split = min(_pow2_floor(max(1, (8 * sm_count) // tiles)), _pow2_floor(k_tiles), 64)
+        return MatmulConfig(1, 256, block_k, split, 8, 3, prefetch=True)
     w_first = False
     if gemv_layout and m <= 4:
         block_m, block_n = (1 if m == 1 else (2 if m == 2 else 4)), (128 if m <= 2 else 64)

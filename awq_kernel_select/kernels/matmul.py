@@ -1,8 +1,10 @@
 """The fused int4 matmul: ``out = x @ W^T + bias`` with ``W`` dequantized in registers.
 
-History that shaped it (H100 sweeps, docs/kernels.md): whole-tile fp16 dequantization feeds
-``tl.dot``; the FMA paths use the fp32 bit trick of ``tiles.py`` nibble by nibble (same speed as
-fp16 dequantization at M = 1, which is not ALU-bound, with fewer instructions).
+History that shaped it (H100 sweeps and SASS counts, docs/kernels.md): whole-tile fp16
+dequantization feeds ``tl.dot``; the FMA paths use the fp32 bit trick of ``tiles.py`` nibble by
+nibble, through small PTX helpers on the GPU. At M = 1 the instruction count per weight sets the
+speed (an SM has to take ~23 weights per clock): 6.1 -> 4.5 SASS instructions per weight took
+the GEMV layout from 50% to 56-59% of bandwidth on the 70B shapes.
 
 One kernel per packed layout; each serves both regimes, chosen by its meta-parameters:
 
@@ -22,6 +24,7 @@ Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``. Launches go through ``l
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,10 +36,11 @@ from .launch import launch
 from .tiles import (
     dequant_gemm_layout_tile,
     dequant_gemv_layout_tile,
+    dot8_one_plus_q16,
     fold_zero_into_scale,
     gemv_group_scales_f32,
     nibble_as_f32_one_plus_q16,
-    one_plus_q16,
+    nibble_fma,
 )
 
 
@@ -54,10 +58,12 @@ class MatmulConfig:
     num_warps: int = 4
     num_stages: int = 2
     w_first: bool = False
+    prefetch: bool = False
 
     def __str__(self) -> str:
         return (f"BM{self.block_m}/BN{self.block_n}/BK{self.block_k}/S{self.split_k}"
-                f"/w{self.num_warps}/s{self.num_stages}{'/WF' if self.w_first else ''}")
+                f"/w{self.num_warps}/s{self.num_stages}{'/WF' if self.w_first else ''}"
+                f"{'/PF' if self.prefetch else ''}")
 
     def check(self, gemv_layout: bool, group_size: int) -> None:
         """Raise ``ValueError`` if the kernel cannot run this tile shape."""
@@ -75,6 +81,8 @@ class MatmulConfig:
             raise ValueError(f"{self}: BLOCK_K must divide group_size={group_size}")
         if not fma and (bn < 16 or bk < 16):
             raise ValueError(f"{self}: the tl.dot path needs BLOCK_N, BLOCK_K >= 16")
+        if self.prefetch and (bm != 1 or not gemv_layout):
+            raise ValueError(f"{self}: prefetch is for the GEMV layout's one-token FMA path (BLOCK_M = 1)")
         if self.w_first and (fma or not gemv_layout):
             raise ValueError(f"{self}: w_first is for the GEMV layout's tl.dot path (BLOCK_M >= 16)")
 
@@ -89,7 +97,7 @@ def _emit_columns(acc, cols, rows, M, N, out_ptr, workspace_ptr, bias_ptr, strid
     it to the workspace."""
     mask = (rows < M) & (cols < N)
     if USE_SPLIT_K:
-        tl.atomic_add(workspace_ptr + rows * N + cols, acc, mask=mask)
+        tl.atomic_add(workspace_ptr + rows * N + cols, acc, mask=mask, sem="relaxed")  # ordered by the ticket
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
@@ -115,6 +123,40 @@ def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, b
                  total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, K, stride_qweight,
+                     BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """The GEMV layout's words ``[offs_n, k0 / 8 ...]``, zero from ``k_end`` on (16-byte loads
+    when ``EVEN_K``: tiles never straddle K), streamed past L2 (``evict_first``)."""
+    offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    ptrs = qweight_ptr + offs_n[:, None] * stride_qweight + offs_pk[None, :]
+    if EVEN_K:
+        inside = tl.full((1, BLOCK_K // 8), k0, tl.int32) < k_end  # one value: keeps the 16-byte loads
+        return tl.load(ptrs, mask=mask_n[:, None] & inside, other=0, eviction_policy="evict_first")
+    else:
+        return tl.load(ptrs, mask=mask_n[:, None] & (offs_pk[None, :] < tl.minimum(k_end, K) // 8), other=0,
+                       eviction_policy="evict_first")
+
+
+@triton.jit
+def _load_x8(ptrs, limit, EVEN_K: tl.constexpr):
+    """``ptrs[c]`` for c = 0..7 as fp32 (zero where ``c >= limit`` unless ``EVEN_K``)."""
+    if EVEN_K:
+        return (tl.load(ptrs).to(tl.float32), tl.load(ptrs + 1).to(tl.float32),
+                tl.load(ptrs + 2).to(tl.float32), tl.load(ptrs + 3).to(tl.float32),
+                tl.load(ptrs + 4).to(tl.float32), tl.load(ptrs + 5).to(tl.float32),
+                tl.load(ptrs + 6).to(tl.float32), tl.load(ptrs + 7).to(tl.float32))
+    else:
+        return (tl.load(ptrs, mask=limit > 0, other=0.0).to(tl.float32),
+                tl.load(ptrs + 1, mask=limit > 1, other=0.0).to(tl.float32),
+                tl.load(ptrs + 2, mask=limit > 2, other=0.0).to(tl.float32),
+                tl.load(ptrs + 3, mask=limit > 3, other=0.0).to(tl.float32),
+                tl.load(ptrs + 4, mask=limit > 4, other=0.0).to(tl.float32),
+                tl.load(ptrs + 5, mask=limit > 5, other=0.0).to(tl.float32),
+                tl.load(ptrs + 6, mask=limit > 6, other=0.0).to(tl.float32),
+                tl.load(ptrs + 7, mask=limit > 7, other=0.0).to(tl.float32))
+
+
 # --- GEMM layout: qweight [K, N/8] -------------------------------------------------------------
 
 
@@ -128,7 +170,7 @@ def awq_gemm_layout_kernel(
     stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PTX: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M == 1
     pid_m = tl.program_id(0)
@@ -158,9 +200,9 @@ def awq_gemm_layout_kernel(
             s = tl.load(scales_ptr + group * stride_scales + cols, mask=cols < N, other=0.0).to(tl.float32)
             z = ((zw[:, None] >> (4 * nib)[None, :]) & 0xF).to(tl.float32)
             s16, zs = fold_zero_into_scale(s, z)  # [BLOCK_N / 8, 8]
-            f = one_plus_q16((q[:, :, None] >> (4 * nib)[None, None, :]) << 19)
             x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-            acc3 += (f * s16[None, :, :] + zs[None, :, :]) * x[:, None, None]
+            acc3 = nibble_fma(q[:, :, None], (19 - 4 * nib)[None, None, :], s16[None, :, :], zs[None, :, :],
+                              x[:, None, None], acc3, USE_PTX)
         else:
             w = dequant_gemm_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_k, pid_n, k0, K, N,
                                          stride_qweight, stride_qzeros, stride_scales,
@@ -193,6 +235,7 @@ def awq_gemv_layout_kernel(
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_FIRST: tl.constexpr,
+    EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
     pid_m = tl.program_id(0)
@@ -207,8 +250,12 @@ def awq_gemv_layout_kernel(
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
         if BLOCK_M == 1:
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+            acc_z = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
         else:
             acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+        if PREFETCH:
+            q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k_start, k_end, K, stride_qweight,
+                                      BLOCK_K, EVEN_K)
     elif W_FIRST:
         acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
@@ -216,19 +263,25 @@ def awq_gemv_layout_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         if FMA:  # nibble by nibble: no reshape, x gathered at stride 8
             offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
-            q = tl.load(qweight_ptr + offs_n[:, None] * stride_qweight + offs_pk[None, :],
-                        mask=mask_n[:, None] & (offs_pk[None, :] < K // 8), other=0)
+            if PREFETCH:  # this tile's words were loaded one iteration ago; load the next tile's
+                q = q_next
+                q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0 + BLOCK_K, k_end, K,
+                                          stride_qweight, BLOCK_K, EVEN_K)
+            else:
+                q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, K, stride_qweight, BLOCK_K, EVEN_K)
             s16, zs = gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
                                             stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
-            if BLOCK_M == 1:
-                t = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
-                x_sum = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
-                for c in tl.static_range(8):
-                    offs_k = offs_pk * 8 + c
-                    x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-                    t += nibble_as_f32_one_plus_q16(q, c) * x[None, :]  # (1 + W_int[n, 8j + c] / 16) x
-                    x_sum += x
-                acc2 += s16 * t + zs * x_sum[None, :]
+            if BLOCK_M == 1:  # x[8j + c] for c = 0..7: eight loads at stride 8
+                xs = x_ptr + pid_m * stride_xm + offs_pk * 8
+                x0, x1, x2, x3, x4, x5, x6, x7 = _load_x8(xs, K - offs_pk * 8, EVEN_K)
+                t = dot8_one_plus_q16(q, x0[None, :], x1[None, :], x2[None, :], x3[None, :],
+                                      x4[None, :], x5[None, :], x6[None, :], x7[None, :], USE_PTX)
+                x_sum = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
+                acc2 += s16 * t  # + zs sum(x): sum_c (q - z) s x over the word
+                if BLOCK_K <= GROUP_SIZE:  # zs per row: one FMA per row and tile
+                    acc_z += zs * tl.sum(x_sum, axis=0)
+                else:
+                    acc2 += zs * x_sum[None, :]
             else:  # the same with a token axis in front
                 t3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
                 x_sum2 = tl.zeros((BLOCK_M, BLOCK_K // 8), dtype=tl.float32)
@@ -254,7 +307,7 @@ def awq_gemv_layout_kernel(
                             mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
                 acc = tl.dot(x, tl.trans(w), acc)
     if FMA and BLOCK_M == 1:
-        acc = tl.sum(acc2, axis=1)[None, :]
+        acc = (tl.sum(acc2, axis=1) + tl.sum(acc_z, axis=1))[None, :]
     elif FMA:
         acc = tl.sum(acc3, axis=2)
     elif W_FIRST:
@@ -267,6 +320,10 @@ def awq_gemv_layout_kernel(
 
 
 # --- launcher ----------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -330,8 +387,9 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     args = (x, qweight, qzeros, scales, bias if bias is not None else out, out, workspace, tickets, *sizes)
     meta = dict(GROUP_SIZE=group_size, HAS_BIAS=bias is not None, USE_SPLIT_K=split_k > 1,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+    meta["USE_PTX"] = x.is_cuda and torch.version.hip is None and not _interpreting()  # NVIDIA only
     if gemv_layout:
-        meta["W_FIRST"] = cfg.w_first
+        meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:

@@ -6,7 +6,9 @@ Two ways, each used where it measured faster on the H100 (docs/kernels.md):
   along a new axis and the tile is reshaped to ``[BLOCK_K, BLOCK_N]`` (or ``[BLOCK_N, BLOCK_K]``):
   what ``tl.dot`` and contiguous stores need;
 * **nibble by nibble** (``nibble_as_f32_one_plus_q16``, the FMA paths): nibble ``c`` of word
-  ``[n, j]`` is taken in the register layout of the loaded words, with no reshape.
+  ``[n, j]`` is taken in the register layout of the loaded words, with no reshape. On the GPU
+  two PTX helpers do it (``dot8_one_plus_q16`` for a GEMV-layout word, ``nibble_fma`` for one
+  GEMM-layout weight); each has its plain-Triton twin, which the CPU interpreter runs.
 
 int4 -> fp16 without a conversion instruction: ``0x6400 | q`` read as fp16 is ``1024 + q``
 exactly, so ``(1024 + q) - (1024 + z)`` is the exact integer ``q - z``, and one multiply by the
@@ -46,17 +48,90 @@ def nibble_as_f32_one_plus_q16(words, C: tl.constexpr):
     return one_plus_q16(bits)
 
 
+# One packed word (8 nibbles, the GEMV layout's 8 consecutive K columns) dotted with 8 fp32 x
+# values: per nibble one shift, one LOP3 (``(bits & 0x780000) | 0x3F800000``) and one FMA.
+# Written in PTX because Triton's code for the same expression, after LLVM and ptxas, spends
+# about 6 instructions per weight (constants re-materialised, conversions): measured in SASS,
+# docs/kernels.md. ``dot8_one_plus_q16_reference`` is the same arithmetic in Triton, for the
+# interpreter (CPU) and as the specification.
+_DOT8_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 t, e;
+mov.b32 e, 0x3F800000;
+shl.b32 t, $1, 19; lop3.b32 t, t, 0x780000, e, 0xEA; mul.rn.f32 $0, t, $2;
+shl.b32 t, $1, 15; lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $3, $0;
+shl.b32 t, $1, 11; lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $4, $0;
+shl.b32 t, $1, 7;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $5, $0;
+shl.b32 t, $1, 3;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $6, $0;
+shr.u32 t, $1, 1;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $7, $0;
+shr.u32 t, $1, 5;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $8, $0;
+shr.u32 t, $1, 9;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $9, $0;
+}
+""")
+
+
+@triton.jit
+def dot8_one_plus_q16_reference(words, x0, x1, x2, x3, x4, x5, x6, x7):
+    """``sum_c (1 + q_c / 16) x_c`` over the 8 nibbles ``q_c`` of each word (fp32)."""
+    t = nibble_as_f32_one_plus_q16(words, 0) * x0
+    t += nibble_as_f32_one_plus_q16(words, 1) * x1
+    t += nibble_as_f32_one_plus_q16(words, 2) * x2
+    t += nibble_as_f32_one_plus_q16(words, 3) * x3
+    t += nibble_as_f32_one_plus_q16(words, 4) * x4
+    t += nibble_as_f32_one_plus_q16(words, 5) * x5
+    t += nibble_as_f32_one_plus_q16(words, 6) * x6
+    t += nibble_as_f32_one_plus_q16(words, 7) * x7
+    return t
+
+
+@triton.jit
+def dot8_one_plus_q16(words, x0, x1, x2, x3, x4, x5, x6, x7, USE_PTX: tl.constexpr):
+    """``dot8_one_plus_q16_reference``, in PTX on a GPU (``USE_PTX``)."""
+    if USE_PTX:
+        return tl.inline_asm_elementwise(_DOT8_PTX, "=f,r,f,f,f,f,f,f,f,f",
+                                         [words, x0, x1, x2, x3, x4, x5, x6, x7],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return dot8_one_plus_q16_reference(words, x0, x1, x2, x3, x4, x5, x6, x7)
+
+
+# One weight of the GEMM layout's FMA path: ``acc + ((1 + q/16) * 16s - (16 + z)s) * x`` with
+# ``q`` the nibble that a left rotation by ``rot`` brings to bits 19..22 (one funnel shift).
+_NIBBLE_FMA_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 t, e;
+mov.b32 e, 0x3F800000;
+shf.l.wrap.b32 t, $1, $1, $2;
+lop3.b32 t, t, 0x780000, e, 0xEA;
+fma.rn.f32 t, t, $3, $4;
+fma.rn.f32 $0, t, $5, $6;
+}
+""")
+
+
+@triton.jit
+def nibble_fma(words, rot, s16, zs, x, acc, USE_PTX: tl.constexpr):
+    """``acc + (q - z) s x`` for the nibble ``q`` at bits ``19 - rot`` (mod 32) of ``words``
+    (``rot`` = 19 - 4 * nibble, as an int32 tensor), with ``16s, -(16 + z)s`` folded."""
+    if USE_PTX:
+        return tl.inline_asm_elementwise(_NIBBLE_FMA_PTX, "=f,r,r,f,f,f,f", [words, rot, s16, zs, x, acc],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        shift = 19 - rot  # 4 * nibble
+        return acc + (one_plus_q16((words >> shift) << 19) * s16 + zs) * x
+
+
 @triton.jit
 def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
                           GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
     """``(16 s, -(16 + z) s)`` in fp32 for the GEMV-layout tile at column ``k0`` (see the top)."""
-    if BLOCK_K <= GROUP_SIZE:  # one group: one value per row
+    if BLOCK_K <= GROUP_SIZE:  # one group: one value per row, loaded as [BLOCK_N, 1] (no layout conversion)
         group = k0 // GROUP_SIZE
-        zw = tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n, other=0)
-        s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n, other=0.0).to(tl.float32)
+        zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + group // 8, mask=mask_n[:, None], other=0)
+        s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group, mask=mask_n[:, None],
+                    other=0.0).to(tl.float32)
         z = ((zw >> ((group % 8) * 4)) & 0xF).to(tl.float32)
-        s16, zs = fold_zero_into_scale(s, z)
-        return s16[:, None], zs[:, None]
+        return fold_zero_into_scale(s, z)
     else:  # several groups: one value per packed column j (8 columns never straddle a group)
         group = (k0 + 8 * tl.arange(0, BLOCK_K // 8)) // GROUP_SIZE
         zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + (group // 8)[None, :],

@@ -1,0 +1,101 @@
+"""Instructions per weight in the inner loop of the FMA kernels, counted in SASS; no GPU needed.
+
+Compiles a kernel for sm_90 with the ptxas that ships with Triton, disassembles it with
+nvdisasm, takes the longest loop (the K loop) and divides its instruction count by the weights
+one thread handles per iteration. At M = 1 the kernels have to stream about 23 weights per clock
+per SM to reach the H100's bandwidth, and an SM issues 128 thread-instructions per clock, so
+this count bounds the bandwidth a kernel can reach::
+
+    python benchmarks/sass_per_weight.py                      # both layouts, a few tiles
+    python benchmarks/sass_per_weight.py --no-ptx             # the same arithmetic in plain Triton
+
+Counts come from the local Triton (the GPU machine may run another version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from awq_kernel_select.kernels import matmul  # noqa: E402
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+SIGNATURE = {
+    "x_ptr": "*fp16", "qweight_ptr": "*i32", "qzeros_ptr": "*i32", "scales_ptr": "*fp16", "bias_ptr": "*fp16",
+    "out_ptr": "*fp16", "workspace_ptr": "*fp32", "tickets_ptr": "*i32",
+    "M": "i32", "N": "i32", "K": "i32", "k_iters_per_split": "i32", "split_k": "i32",
+    "stride_xm": "i32", "stride_qweight": "i32", "stride_qzeros": "i32", "stride_scales": "i32", "stride_om": "i32",
+}
+ALIGNED = (0, 1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 15, 16, 17)  # pointers, K and strides: multiples of 16
+
+
+def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool) -> tuple[int, collections.Counter[str]]:
+    """Registers per thread and the opcode counts of the kernel's longest loop."""
+    consts = dict(GROUP_SIZE=128, HAS_BIAS=False, USE_SPLIT_K=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  BLOCK_K=cfg.block_k, USE_PTX=use_ptx)
+    if layout == "gemv":
+        consts.update(W_FIRST=cfg.w_first, EVEN_K=True, PREFETCH=cfg.prefetch)
+    kernel = matmul.awq_gemv_layout_kernel if layout == "gemv" else matmul.awq_gemm_layout_kernel
+    signature = dict(SIGNATURE, **{name: "constexpr" for name in consts})
+    attrs = {(i,): [["tt.divisibility", 16]] for i in ALIGNED}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs),
+                              target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass = subprocess.run([str(BIN / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
+                               check=True).stdout
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", line))}
+    body: list[str] = []
+    for i, line in enumerate(lines):  # the longest backward branch is the K loop
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
+        if m and labels.get(m.group(1), i) < i and i + 1 - labels[m.group(1)] > len(body):
+            body = lines[labels[m.group(1)]:i + 1]
+    ops = collections.Counter(m.group(2) for line in body
+                              if (m := re.match(r"\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?([A-Z0-9_]+)", line)))
+    registers = re.search(r"REG:(\d+)", usage)
+    return int(registers.group(1)) if registers else -1, ops
+
+
+TILES = [
+    ("gemv", matmul.MatmulConfig(1, 128, 128, 8, 4, 3)),
+    ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3)),
+    ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3, prefetch=True)),
+    ("gemm", matmul.MatmulConfig(1, 256, 32, 8, 4, 3)),
+    ("gemm", matmul.MatmulConfig(1, 256, 64, 8, 4, 3)),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-ptx", action="store_true", help="the plain-Triton arithmetic instead of the PTX helpers")
+    args = parser.parse_args()
+    print(f"triton {triton.__version__}, sm_90, {'plain Triton' if args.no_ptx else 'PTX helpers'}")
+    print("| layout | tile | registers | loop instructions | per weight | top opcodes |")
+    print("|---|---|---|---|---|---|")
+    for layout, cfg in TILES:
+        registers, ops = loop_counts(layout, cfg, not args.no_ptx)
+        weights = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)  # per thread and iteration
+        total = sum(ops.values())
+        top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))
+        print(f"| {layout} | {cfg} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
