@@ -77,6 +77,7 @@ TILES = [
     ("gemv", matmul.MatmulConfig(1, 128, 128, 8, 4, 3)),
     ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3)),
     ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3, prefetch=True)),
+    ("gemv", matmul.MatmulConfig(2, 256, 128, 8, 4, 3)),  # two tokens: per weight, not per weight and token
     ("gemm", matmul.MatmulConfig(1, 256, 32, 8, 4, 3)),
     ("gemm", matmul.MatmulConfig(1, 256, 64, 8, 4, 3)),
 ]
@@ -91,7 +92,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for layout, cfg in TILES:
         registers, ops = loop_counts(layout, cfg, not args.no_ptx)
-        weights = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)  # per thread and iteration
+        weights = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)  # per thread and iteration (all tokens)
         total = sum(ops.values())
         top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))
         print(f"| {layout} | {cfg} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)

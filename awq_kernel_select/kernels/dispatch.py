@@ -89,16 +89,16 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
     program up to M = 2 (and 4 on 7B shapes), then ``out^T = W @ x^T`` as a ``tl.dot``; the GEMM
     layout runs one FMA program row per token at M = 1, a 16-row ``tl.dot`` above. At M = 1 the
     GEMV layout's best tiles were 256 rows x 128 columns on 8 warps, loading the next tile early,
-    with about 8 programs per SM.
+    with about 8 programs per SM; at M = 2 the same tile on 4 warps (both tokens in one program).
     """
-    if gemv_layout and m == 1:
+    if gemv_layout and m <= 2:
         block_k = min(group_size, 128)
         k_tiles, tiles = -(-k // block_k), -(-n // 256)
-        split = min(_pow2_floor(max(1, (8 * sm_count) // tiles)), _pow2_floor(k_tiles), 64)
-        return MatmulConfig(1, 256, block_k, split, 8, 3, prefetch=True)
+        split = min(_pow2_floor(max(1, (8 * sm_count) // tiles)), _pow2_floor(k_tiles), 64 if m == 1 else 32)
+        return MatmulConfig(m, 256, block_k, split, 8 if m == 1 else 4, 3, prefetch=m == 1)
     w_first = False
     if gemv_layout and m <= 4:
-        block_m, block_n = (1 if m == 1 else (2 if m == 2 else 4)), (128 if m <= 2 else 64)
+        block_m, block_n = 4, 64
     elif gemv_layout:
         block_m, block_n, w_first = 16, 128, True
     elif m == 1:

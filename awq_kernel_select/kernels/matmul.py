@@ -37,6 +37,7 @@ from .tiles import (
     dequant_gemm_layout_tile,
     dequant_gemv_layout_tile,
     dot8_one_plus_q16,
+    dot8x2_one_plus_q16,
     fold_zero_into_scale,
     gemv_group_scales_f32,
     nibble_as_f32_one_plus_q16,
@@ -248,9 +249,12 @@ def awq_gemv_layout_kernel(
     k_end = tl.minimum(k_start + k_iters_per_split * BLOCK_K, K)
 
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
-        if BLOCK_M == 1:
+        if BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
             acc_z = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
+            if BLOCK_M == 2:
+                acc2b = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+                acc_zb = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
         else:
             acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
         if PREFETCH:
@@ -282,6 +286,26 @@ def awq_gemv_layout_kernel(
                     acc_z += zs * tl.sum(x_sum, axis=0)
                 else:
                     acc2 += zs * x_sum[None, :]
+            elif BLOCK_M == 2:  # two tokens: each word decoded once for both
+                xs = x_ptr + pid_m * 2 * stride_xm + offs_pk * 8
+                a0, a1, a2, a3, a4, a5, a6, a7 = _load_x8(xs, K - offs_pk * 8, EVEN_K)
+                # without a second token (M odd), token a again: valid memory, the row is not stored
+                xs_b = xs + tl.where(pid_m * 2 + 1 < M, stride_xm, 0)
+                b0, b1, b2, b3, b4, b5, b6, b7 = _load_x8(xs_b, K - offs_pk * 8, EVEN_K)
+                ta, tb = dot8x2_one_plus_q16(q, a0[None, :], a1[None, :], a2[None, :], a3[None, :], a4[None, :],
+                                             a5[None, :], a6[None, :], a7[None, :], b0[None, :], b1[None, :],
+                                             b2[None, :], b3[None, :], b4[None, :], b5[None, :], b6[None, :],
+                                             b7[None, :], USE_PTX)
+                a_sum = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+                b_sum = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
+                acc2 += s16 * ta
+                acc2b += s16 * tb
+                if BLOCK_K <= GROUP_SIZE:
+                    acc_z += zs * tl.sum(a_sum, axis=0)
+                    acc_zb += zs * tl.sum(b_sum, axis=0)
+                else:
+                    acc2 += zs * a_sum[None, :]
+                    acc2b += zs * b_sum[None, :]
             else:  # the same with a token axis in front
                 t3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
                 x_sum2 = tl.zeros((BLOCK_M, BLOCK_K // 8), dtype=tl.float32)
@@ -308,6 +332,9 @@ def awq_gemv_layout_kernel(
                 acc = tl.dot(x, tl.trans(w), acc)
     if FMA and BLOCK_M == 1:
         acc = (tl.sum(acc2, axis=1) + tl.sum(acc_z, axis=1))[None, :]
+    elif FMA and BLOCK_M == 2:  # [2, BLOCK_N]: token a, token b
+        acc = tl.trans(tl.join(tl.sum(acc2, axis=1) + tl.sum(acc_z, axis=1),
+                               tl.sum(acc2b, axis=1) + tl.sum(acc_zb, axis=1)))
     elif FMA:
         acc = tl.sum(acc3, axis=2)
     elif W_FIRST:

@@ -84,6 +84,36 @@ def dot8_one_plus_q16_reference(words, x0, x1, x2, x3, x4, x5, x6, x7):
     return t
 
 
+# The same for two tokens: each nibble decoded once, two FMAs.
+_DOT8X2_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 t, e;
+mov.b32 e, 0x3F800000;
+shl.b32 t, $2, 19; lop3.b32 t, t, 0x780000, e, 0xEA; mul.rn.f32 $0, t, $3;  mul.rn.f32 $1, t, $11;
+shl.b32 t, $2, 15; lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $4, $0; fma.rn.f32 $1, t, $12, $1;
+shl.b32 t, $2, 11; lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $5, $0; fma.rn.f32 $1, t, $13, $1;
+shl.b32 t, $2, 7;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $6, $0; fma.rn.f32 $1, t, $14, $1;
+shl.b32 t, $2, 3;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $7, $0; fma.rn.f32 $1, t, $15, $1;
+shr.u32 t, $2, 1;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $8, $0; fma.rn.f32 $1, t, $16, $1;
+shr.u32 t, $2, 5;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $9, $0; fma.rn.f32 $1, t, $17, $1;
+shr.u32 t, $2, 9;  lop3.b32 t, t, 0x780000, e, 0xEA; fma.rn.f32 $0, t, $10, $0; fma.rn.f32 $1, t, $18, $1;
+}
+""")
+
+
+@triton.jit
+def dot8x2_one_plus_q16(words, a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7,
+                        USE_PTX: tl.constexpr):
+    """``dot8_one_plus_q16`` of the same words with two tokens' x (``a`` and ``b``)."""
+    if USE_PTX:
+        return tl.inline_asm_elementwise(_DOT8X2_PTX, "=f,=f,r,f,f,f,f,f,f,f,f,f,f,f,f,f,f,f,f",
+                                         [words, a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7],
+                                         dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        return (dot8_one_plus_q16_reference(words, a0, a1, a2, a3, a4, a5, a6, a7),
+                dot8_one_plus_q16_reference(words, b0, b1, b2, b3, b4, b5, b6, b7))
+
+
 @triton.jit
 def dot8_one_plus_q16(words, x0, x1, x2, x3, x4, x5, x6, x7, USE_PTX: tl.constexpr):
     """``dot8_one_plus_q16_reference``, in PTX on a GPU (``USE_PTX``)."""
