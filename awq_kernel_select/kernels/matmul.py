@@ -50,7 +50,8 @@ class MatmulConfig:
     """Tile shape of one launch. ``block_m`` < 16 means FMAs (the GEMM layout: 1 token per
     program; the GEMV layout: 1, 2, 4 or 8 tokens per program), >= 16 a ``tl.dot``; ``w_first``
     (GEMV layout, ``tl.dot``) computes ``out^T = W @ x^T`` so that the weight tile is the left
-    operand."""
+    operand; ``prefetch`` (GEMV layout, ``block_m`` = 1) loads the next tile's words one iteration
+    early."""
 
     block_m: int
     block_n: int
