@@ -13,7 +13,7 @@ import torch
 
 from awq_kernel_select import layouts as L
 from awq_kernel_select.kernels import awq_linear
-from awq_kernel_select.kernels.dispatch import DispatchPolicy, choose_path
+from awq_kernel_select.kernels.dispatch import DispatchPolicy, choose_path, gemv_config
 from awq_kernel_select.kernels.matmul import _WORKSPACES, MatmulConfig
 
 GPU = torch.cuda.is_available()
@@ -107,6 +107,20 @@ def test_dispatch_thresholds() -> None:
     device = torch.device("cuda") if GPU else torch.device("cpu")
     policy = DispatchPolicy(gemv_max_tokens=8, dequant_min_tokens=512)
     assert [choose_path(m, device, policy) for m in (1, 8, 9, 511, 512)] == ["gemv", "gemv", "gemm", "gemm", "dequant"]
+
+
+@pytest.mark.parametrize("layout", ["gemm", "gemv"])
+def test_heuristic_tiles_run_and_match(layout: str) -> None:
+    """The untuned heuristic (every M of the GEMV regime, group 32) gives tiles the kernel accepts
+    and the right product."""
+    k, n = SHAPES[1]
+    packed = random_packed(k, n, 32, layout, seed=4)
+    ref_w = L.dequantize(packed, torch.float64)
+    for m in (1, 2, 3, 5, 16):
+        cfg = gemv_config(m, n, k, 32, layout == "gemv", sm_count=4)
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+        out = awq_linear(x, packed, path="gemv", config=cfg)
+        assert rel_err(out, x.double() @ ref_w.t()) < TOL, f"M={m} {cfg}"
 
 
 def test_wrong_input_width_is_a_clear_error() -> None:
