@@ -30,6 +30,7 @@ import torch
 
 from ..layouts import PackedWeights
 from .dequant import dequantize_triton
+from .launch import interpreting
 from .matmul import MatmulConfig, Replay, awq_matmul_with_replay
 from .reference import reference_linear
 
@@ -64,7 +65,7 @@ def triton_usable(device: torch.device) -> bool:
     """Triton kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cpu" and interpreting()
 
 
 def choose_path(m: int, device: torch.device, policy: DispatchPolicy = DEFAULT_DISPATCH) -> KernelPath:

@@ -65,9 +65,13 @@ def _direct_launcher(compiled: Any) -> Launcher | None:
     return launch_direct
 
 
+def interpreting() -> bool:
+    """Triton runs kernels in its Python interpreter (``TRITON_INTERPRET=1``, the CPU tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def direct_launches_possible() -> bool:
-    return (FAST_LAUNCH and _disabled_because is None and _knobs is not None
-            and os.environ.get("TRITON_INTERPRET") != "1")
+    return FAST_LAUNCH and _disabled_because is None and _knobs is not None and not interpreting()
 
 
 def launch(kernel: Any, grid: tuple[int, int, int], args: tuple[Any, ...], meta: dict[str, Any],

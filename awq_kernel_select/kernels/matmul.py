@@ -24,7 +24,6 @@ Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``. Launches go through ``l
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import launch
+from .launch import interpreting, launch
 from .tiles import (
     dequant_gemm_layout_tile,
     dequant_gemv_layout_tile,
@@ -126,7 +125,7 @@ def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, b
 
 
 @triton.jit
-def _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, K, stride_qweight,
+def _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight,
                      BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     """The GEMV layout's words ``[offs_n, k0 / 8 ...]``, zero from ``k_end`` on (16-byte loads
     when ``EVEN_K``: tiles never straddle K), streamed past L2 (``evict_first``)."""
@@ -136,7 +135,7 @@ def _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, K, stride_qweight,
         inside = tl.full((1, BLOCK_K // 8), k0, tl.int32) < k_end  # one value: keeps the 16-byte loads
         return tl.load(ptrs, mask=mask_n[:, None] & inside, other=0, eviction_policy="evict_first")
     else:
-        return tl.load(ptrs, mask=mask_n[:, None] & (offs_pk[None, :] < tl.minimum(k_end, K) // 8), other=0,
+        return tl.load(ptrs, mask=mask_n[:, None] & (offs_pk[None, :] < k_end // 8), other=0,  # k_end <= K
                        eviction_policy="evict_first")
 
 
@@ -157,6 +156,24 @@ def _load_x8(ptrs, limit, EVEN_K: tl.constexpr):
                 tl.load(ptrs + 5, mask=limit > 5, other=0.0).to(tl.float32),
                 tl.load(ptrs + 6, mask=limit > 6, other=0.0).to(tl.float32),
                 tl.load(ptrs + 7, mask=limit > 7, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _sum8(x0, x1, x2, x3, x4, x5, x6, x7):
+    return ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
+
+
+@triton.jit
+def _accumulate_words(acc2, acc_z, t, x_sum, s16, zs, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr):
+    """Add one token's ``sum_c (q - z) s x`` per word: ``16s t`` per word (``t`` from
+    ``dot8_one_plus_q16``) plus the zero term ``-(16 + z)s sum(x)``, once per row and tile when the
+    tile lies in one group, else per word. ``x_sum``: the sum of each word's 8 x values."""
+    acc2 += s16 * t
+    if BLOCK_K <= GROUP_SIZE:
+        acc_z += zs * tl.sum(x_sum, axis=0)
+    else:
+        acc2 += zs * x_sum[None, :]
+    return acc2, acc_z
 
 
 # --- GEMM layout: qweight [K, N/8] -------------------------------------------------------------
@@ -259,7 +276,7 @@ def awq_gemv_layout_kernel(
         else:
             acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
         if PREFETCH:
-            q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k_start, k_end, K, stride_qweight,
+            q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k_start, k_end, stride_qweight,
                                       BLOCK_K, EVEN_K)
     elif W_FIRST:
         acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -270,10 +287,10 @@ def awq_gemv_layout_kernel(
             offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
             if PREFETCH:  # this tile's words were loaded one iteration ago; load the next tile's
                 q = q_next
-                q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0 + BLOCK_K, k_end, K,
+                q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0 + BLOCK_K, k_end,
                                           stride_qweight, BLOCK_K, EVEN_K)
             else:
-                q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, K, stride_qweight, BLOCK_K, EVEN_K)
+                q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
             s16, zs = gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
                                             stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
             if BLOCK_M == 1:  # x[8j + c] for c = 0..7: eight loads at stride 8
@@ -281,12 +298,8 @@ def awq_gemv_layout_kernel(
                 x0, x1, x2, x3, x4, x5, x6, x7 = _load_x8(xs, K - offs_pk * 8, EVEN_K)
                 t = dot8_one_plus_q16(q, x0[None, :], x1[None, :], x2[None, :], x3[None, :],
                                       x4[None, :], x5[None, :], x6[None, :], x7[None, :], USE_PTX)
-                x_sum = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
-                acc2 += s16 * t  # + zs sum(x): sum_c (q - z) s x over the word
-                if BLOCK_K <= GROUP_SIZE:  # zs per row: one FMA per row and tile
-                    acc_z += zs * tl.sum(x_sum, axis=0)
-                else:
-                    acc2 += zs * x_sum[None, :]
+                acc2, acc_z = _accumulate_words(acc2, acc_z, t, _sum8(x0, x1, x2, x3, x4, x5, x6, x7), s16, zs,
+                                                BLOCK_K, GROUP_SIZE)
             elif BLOCK_M == 2:  # two tokens: each word decoded once for both
                 xs = x_ptr + pid_m * 2 * stride_xm + offs_pk * 8
                 a0, a1, a2, a3, a4, a5, a6, a7 = _load_x8(xs, K - offs_pk * 8, EVEN_K)
@@ -297,16 +310,10 @@ def awq_gemv_layout_kernel(
                                              a5[None, :], a6[None, :], a7[None, :], b0[None, :], b1[None, :],
                                              b2[None, :], b3[None, :], b4[None, :], b5[None, :], b6[None, :],
                                              b7[None, :], USE_PTX)
-                a_sum = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-                b_sum = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
-                acc2 += s16 * ta
-                acc2b += s16 * tb
-                if BLOCK_K <= GROUP_SIZE:
-                    acc_z += zs * tl.sum(a_sum, axis=0)
-                    acc_zb += zs * tl.sum(b_sum, axis=0)
-                else:
-                    acc2 += zs * a_sum[None, :]
-                    acc2b += zs * b_sum[None, :]
+                acc2, acc_z = _accumulate_words(acc2, acc_z, ta, _sum8(a0, a1, a2, a3, a4, a5, a6, a7), s16, zs,
+                                                BLOCK_K, GROUP_SIZE)
+                acc2b, acc_zb = _accumulate_words(acc2b, acc_zb, tb, _sum8(b0, b1, b2, b3, b4, b5, b6, b7), s16, zs,
+                                                  BLOCK_K, GROUP_SIZE)
             else:  # the same with a token axis in front
                 t3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
                 x_sum2 = tl.zeros((BLOCK_M, BLOCK_K // 8), dtype=tl.float32)
@@ -348,10 +355,6 @@ def awq_gemv_layout_kernel(
 
 
 # --- launcher ----------------------------------------------------------------------------------
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -415,7 +418,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     args = (x, qweight, qzeros, scales, bias if bias is not None else out, out, workspace, tickets, *sizes)
     meta = dict(GROUP_SIZE=group_size, HAS_BIAS=bias is not None, USE_SPLIT_K=split_k > 1,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    meta["USE_PTX"] = x.is_cuda and torch.version.hip is None and not _interpreting()  # NVIDIA only
+    meta["USE_PTX"] = x.is_cuda and torch.version.hip is None and not interpreting()  # NVIDIA only
     if gemv_layout:
         meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
