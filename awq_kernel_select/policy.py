@@ -152,13 +152,13 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
         layout="gemv",
         devices=("cuda",),
         min_capability=_TRITON_MIN,
-        tokens=(1, 1),  # docs/kernels.md (H100): the GEMV layout wins at M=1 only
+        tokens=(1, 2),  # docs/kernels.md (H100): the GEMV layout leads at M = 1-2, the layouts are level from 4
         requires=("triton_gpu",),
         priority=100,
         provider="awq_kernel_select",
         tested_on=(CC(9, 0),),
         source="this library (Triton); Triton README: sm80+; timed in docs/kernels.md",
-        notes="split-K FMA GEMV on AutoAWQ's GEMV layout; larger M dispatch to the other paths",
+        notes="split-K FMA GEMV on AutoAWQ's GEMV layout (M <= 2), fp16x2-decoded tl.dot above",
     ),
     KernelSpec(
         name="aks_gemm",

@@ -157,14 +157,16 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
                         continue
                     for stages in (2, 3):
                         configs += [MatmulConfig(bm, bn, bk, split, warps, stages) for split in splits]
-    if 1 < m <= 16:  # 16-row tl.dot
-        tiles = ((64, 64), (64, 128), (128, 64), (128, 128)) if gemv else ((64, 128), (128, 64), (128, 128), (256, 64))
-        for bn, bk in tiles:
-            if bk > g:
-                continue
-            for w_first in ((False, True) if gemv else (False,)):
-                for stages in (2, 3, 4):
-                    configs += [MatmulConfig(16, bn, bk, split, 4, stages, w_first) for split in splits]
+    if 1 < m <= 16:  # 16-row tl.dot on words decoded in fp16x2 pairs (256-column tiles never won)
+        for bn, bk in ((64, 128), (128, 64), (128, 128)):
+            for warps in (4, 8):
+                if bk > g:
+                    continue
+                for stages in (1, 3):
+                    for prefetch in (False, True):
+                        for w_first in ((True,) if gemv else (False, True)):  # GEMV layout: W @ x^T measured faster
+                            configs += [MatmulConfig(16, bn, bk, split, warps, stages, w_first, prefetch)
+                                        for split in (2, 4, 8, 16, 32)]
     if 16 < m <= 128:  # batched decode: still memory-bound, so split-K keeps every SM streaming
         for bm in (16, 32, 64):
             for bn in (64, 128):

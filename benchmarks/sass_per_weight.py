@@ -1,4 +1,4 @@
-"""Instructions per weight in the inner loop of the FMA kernels, counted in SASS; no GPU needed.
+"""Instructions per weight in the inner loop of the kernels, counted in SASS; no GPU needed.
 
 Compiles a kernel for sm_90 with the ptxas that ships with Triton, disassembles it with
 nvdisasm, takes the longest loop (the K loop) and divides its instruction count by the weights
@@ -46,8 +46,8 @@ def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool) -> tuple[i
     """Registers per thread and the opcode counts of the kernel's longest loop."""
     consts = dict(GROUP_SIZE=128, HAS_BIAS=False, USE_SPLIT_K=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, USE_PTX=use_ptx)
-    if layout == "gemv":
-        consts.update(W_FIRST=cfg.w_first, EVEN_K=True, PREFETCH=cfg.prefetch)
+    consts.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first)
+    consts.update(EVEN_K=True) if layout == "gemv" else consts.update(EVEN_N=True)
     kernel = matmul.awq_gemv_layout_kernel if layout == "gemv" else matmul.awq_gemm_layout_kernel
     signature = dict(SIGNATURE, **{name: "constexpr" for name in consts})
     attrs = {(i,): [["tt.divisibility", 16]] for i in ALIGNED}
@@ -80,6 +80,11 @@ TILES = [
     ("gemv", matmul.MatmulConfig(2, 256, 128, 8, 4, 3)),  # two tokens: per weight, not per weight and token
     ("gemm", matmul.MatmulConfig(1, 256, 32, 8, 4, 3)),
     ("gemm", matmul.MatmulConfig(1, 256, 64, 8, 4, 3)),
+    # 16-row tl.dot (M = 2..16), words decoded in fp16x2 pairs: per weight, all 16 tokens
+    ("gemv", matmul.MatmulConfig(16, 64, 128, 8, 4, 1, w_first=True)),
+    ("gemv", matmul.MatmulConfig(16, 128, 128, 8, 8, 1, w_first=True, prefetch=True)),
+    ("gemm", matmul.MatmulConfig(16, 64, 128, 8, 4, 1)),
+    ("gemm", matmul.MatmulConfig(16, 64, 128, 8, 4, 1, w_first=True, prefetch=True)),
 ]
 
 

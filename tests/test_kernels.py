@@ -141,8 +141,11 @@ TILE_CONFIGS = [  # (layout, config): every family of tiles the kernels have
     ("gemv", MatmulConfig(8, 32, 64, 1)),
     ("gemv", MatmulConfig(16, 32, 32, 2)),  # tl.dot
     ("gemv", MatmulConfig(16, 64, 64, 1, w_first=True)),  # tl.dot, W @ x^T
+    ("gemv", MatmulConfig(16, 32, 32, 3, w_first=True, prefetch=True)),  # next tile early, uneven split-K
     ("gemm", MatmulConfig(1, 64, 32, 2)),  # FMA
     ("gemm", MatmulConfig(16, 32, 64, 1)),  # tl.dot
+    ("gemm", MatmulConfig(16, 32, 32, 3, prefetch=True)),  # next tile early, uneven split-K
+    ("gemm", MatmulConfig(16, 64, 32, 2, w_first=True)),  # tl.dot, W^T @ x^T
 ]
 
 
@@ -174,9 +177,9 @@ def test_last_tile_past_k_reads_no_x_beyond_k(cfg: MatmulConfig) -> None:
 
 
 @pytest.mark.parametrize("cfg", [MatmulConfig(2, 64, 64, 1), MatmulConfig(1, 64, 64, 1, w_first=True),
-                                 MatmulConfig(16, 64, 64, 1, w_first=True), MatmulConfig(2, 64, 64, 1, prefetch=True)])
+                                 MatmulConfig(2, 64, 64, 1, prefetch=True), MatmulConfig(16, 64, 256, 1)])
 def test_impossible_tiles_are_refused(cfg: MatmulConfig) -> None:
-    """BLOCK_M = 2 on the GEMM layout, w_first with FMA or on the GEMM layout."""
+    """BLOCK_M = 2 on the GEMM layout, w_first or prefetch with its FMA path, a tl.dot tile wider than a group."""
     packed = random_packed(*SHAPES[0], 64, "gemm", seed=2)
     with pytest.raises(ValueError):
         awq_linear(torch.randn(2, SHAPES[0][0], device=DEVICE, dtype=torch.float16), packed,

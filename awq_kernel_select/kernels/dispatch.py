@@ -84,34 +84,31 @@ def _pow2_floor(v: int) -> int:
 
 
 def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_count: int) -> MatmulConfig:
-    """Tiles for M <= 16: enough programs (about 4 per SM) that every SM streams weights.
+    """Tiles for M <= 16: enough programs (4-8 per SM) that every SM streams weights.
 
     From the H100 sweeps (docs/kernels.md): the GEMV layout runs FMAs with every token in one
-    program up to M = 2 (and 4 on 7B shapes), then ``out^T = W @ x^T`` as a ``tl.dot``; the GEMM
-    layout runs one FMA program row per token at M = 1, a 16-row ``tl.dot`` above. At M = 1 the
-    GEMV layout's best tiles were 256 rows x 128 columns on 8 warps, loading the next tile early,
-    with about 8 programs per SM; at M = 2 the same tile on 4 warps (both tokens in one program).
+    program up to M = 2, the GEMM layout one FMA program row per token at M = 1; above, both run a
+    16-row ``tl.dot`` ``out^T = W @ x^T`` on words decoded in fp16x2 pairs, loading the next tile
+    early: best on 64 output columns x 128 K on 4 warps (GEMM layout) or 128 x 128 on 8 warps
+    (GEMV layout), with 4 (GEMM) or 2 (GEMV) programs per SM. At M = 1 the GEMV layout's best tiles were 256
+    rows x 128 columns on 8 warps, loading the next tile early, with about 8 programs per SM; at
+    M = 2 the same tile on 4 warps (both tokens in one program).
     """
     if gemv_layout and m <= 2:
         block_k = min(group_size, 128)
         k_tiles, tiles = -(-k // block_k), -(-n // 256)
         split = min(_pow2_floor(max(1, (8 * sm_count) // tiles)), _pow2_floor(k_tiles), 64 if m == 1 else 32)
         return MatmulConfig(m, 256, block_k, split, 8 if m == 1 else 4, 3, prefetch=m == 1)
-    w_first = False
-    if gemv_layout and m <= 4:
-        block_m, block_n = 4, 64
-    elif gemv_layout:
-        block_m, block_n, w_first = 16, 128, True
-    elif m == 1:
-        block_m, block_n = 1, 256
-    else:
-        block_m, block_n = 16, 128
-    block_k = min(group_size, 128) if gemv_layout or m > 1 else min(group_size, 64)
-    tiles = -(-n // block_n) * -(-m // block_m)
-    k_tiles = -(-k // block_k)
-    split = _pow2_floor(max(1, (4 * sm_count) // tiles))
-    split = min(split, _pow2_floor(k_tiles), 16)
-    return MatmulConfig(block_m, block_n, block_k, split, 4, 3, w_first)
+    if not gemv_layout and m == 1:
+        block_k = min(group_size, 64)
+        tiles, k_tiles = -(-n // 256), -(-k // block_k)
+        split = min(_pow2_floor(max(1, (4 * sm_count) // tiles)), _pow2_floor(k_tiles), 16)
+        return MatmulConfig(1, 256, block_k, split, 4, 3)
+    block_k = min(group_size, 128)
+    block_n, warps, min_split = (128, 8, 4) if gemv_layout else (64, 4, 2)
+    tiles, k_tiles = -(-n // block_n), -(-k // block_k)
+    split = min(max(min_split, _pow2_floor(max(1, (256 * sm_count) // (block_n * tiles)))), _pow2_floor(k_tiles), 32)
+    return MatmulConfig(16, block_n, block_k, split, warps, 1, w_first=True, prefetch=True)
 
 
 def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> MatmulConfig:

@@ -11,7 +11,7 @@ One kernel per packed layout; each serves both regimes, chosen by its meta-param
 * **GEMV regime** (decode, M = 1..16): memory-bound. ``split_k`` programs share each block of
   output columns so that every SM streams weights even when N is small. ``BLOCK_M < 16`` runs
   FMAs (GEMV layout: 1, 2, 4 or 8 tokens per program, each weight read once; GEMM layout: one
-  token per program), ``BLOCK_M >= 16`` a ``tl.dot`` (GEMV layout optionally ``W_FIRST``:
+  token per program), ``BLOCK_M >= 16`` a ``tl.dot`` (optionally ``W_FIRST``:
   ``out^T = W @ x^T``, measured faster). Partial sums meet in an fp32 workspace through
   atomics, and the last program of a tile (counted with an atomic ticket) writes the output
   and puts the workspace and its ticket back to zero: one launch, no memset.
@@ -33,12 +33,13 @@ import triton.language as tl
 
 from .launch import interpreting, launch
 from .tiles import (
-    dequant_gemm_layout_tile,
-    dequant_gemv_layout_tile,
+    dequant_gemm_words_f16,
+    dequant_gemv_words_f16,
     dot8_one_plus_q16,
     dot8x2_one_plus_q16,
     fold_zero_into_scale,
     gemv_group_scales_f32,
+    nibble_of_output,
     nibble_as_f32_one_plus_q16,
     nibble_fma,
 )
@@ -48,8 +49,9 @@ from .tiles import (
 class MatmulConfig:
     """Tile shape of one launch. ``block_m`` < 16 means FMAs (the GEMM layout: 1 token per
     program; the GEMV layout: 1, 2, 4 or 8 tokens per program), >= 16 a ``tl.dot``; ``w_first``
-    (GEMV layout, ``tl.dot``) computes ``out^T = W @ x^T`` so that the weight tile is the left
-    operand; ``prefetch`` (GEMV layout, ``block_m`` = 1) loads the next tile's words one iteration
+    (``tl.dot``) computes ``out^T = W @ x^T`` so that the weight tile is the left
+    operand; ``prefetch`` (the GEMV layout's one-token FMA path and the ``tl.dot`` paths of both
+    layouts) loads the next tile's words (and its zeros and scales, for ``tl.dot``) one iteration
     early."""
 
     block_m: int
@@ -82,10 +84,11 @@ class MatmulConfig:
             raise ValueError(f"{self}: BLOCK_K must divide group_size={group_size}")
         if not fma and (bn < 16 or bk < 16):
             raise ValueError(f"{self}: the tl.dot path needs BLOCK_N, BLOCK_K >= 16")
-        if self.prefetch and (bm != 1 or not gemv_layout):
-            raise ValueError(f"{self}: prefetch is for the GEMV layout's one-token FMA path (BLOCK_M = 1)")
-        if self.w_first and (fma or not gemv_layout):
-            raise ValueError(f"{self}: w_first is for the GEMV layout's tl.dot path (BLOCK_M >= 16)")
+        if self.prefetch and fma and (bm != 1 or not gemv_layout):
+            raise ValueError(f"{self}: prefetch is for tl.dot (BLOCK_M >= 16) and the GEMV layout's "
+                             "one-token FMA path (BLOCK_M = 1)")
+        if self.w_first and fma:
+            raise ValueError(f"{self}: w_first is for the tl.dot path (BLOCK_M >= 16)")
 
 
 # --- epilogue ----------------------------------------------------------------------------------
@@ -140,6 +143,54 @@ def _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight,
 
 
 @triton.jit
+def _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n, mask_n, M, k0, k_end, stride_xm,
+                    stride_qweight, stride_qzeros, stride_scales, GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr,
+                    EVEN_K: tl.constexpr):
+    """What a GEMV-layout ``tl.dot`` tile at column ``k0`` reads, all zero from ``k_end`` on: the
+    words ``[offs_n, k0 / 8 ...]``, the zeros (int32) and scales of their group (1-D: their
+    ``[:, None]`` takes the words' register layout) and ``x^T [BLOCK_K, BLOCK_M]`` with its rows
+    in ``dequant_gemv_words_f16``'s column order."""
+    q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
+    group = k0 // GROUP_SIZE
+    live = offs_n * 0 + k0 < k_end  # a tensor comparison (the interpreter refuses scalar masks)
+    z = (tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n & live, other=0)
+         >> ((group % 8) * 4)) & 0xF
+    s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n & live, other=0.0)
+    p = tl.arange(0, BLOCK_K)
+    offs_k = k0 + (p // 8) * 8 + nibble_of_output(p)
+    inside = p * 0 + k0 < k_end  # the tile lies in K (BLOCK_K divides the group size)
+    x_t = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
+                  mask=(offs_m[None, :] < M) & inside[:, None], other=0.0).to(tl.float16)
+    return q, z, s, x_t
+
+
+@triton.jit
+def _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn, mask_pn, offs_n, M, N, k0, k_end,
+                    stride_xm, stride_qweight, stride_qzeros, stride_scales, GROUP_SIZE: tl.constexpr,
+                    BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """What a GEMM-layout ``tl.dot`` tile at row ``k0`` reads, all zero from ``k_end`` on: the words
+    ``[k0 ..., offs_pn]``, the zero words and scales of their group and ``x [BLOCK_M, BLOCK_K]``.
+    The tile lies in K (``BLOCK_K`` divides the group size); ``EVEN_N``: and in N (no column masks,
+    so the loads stay 16 bytes wide)."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    inside_k = offs_k * 0 + k0 < k_end  # one value per tile (a tensor: the interpreter refuses scalar masks)
+    if EVEN_N:
+        mask_pn = offs_pn * 0 == 0
+        mask_n = offs_n * 0 == 0
+    else:
+        mask_n = offs_n < N
+    live = k0 + offs_pn * 0 < k_end
+    q = tl.load(qweight_ptr + offs_k[:, None] * stride_qweight + offs_pn[None, :],
+                mask=inside_k[:, None] & mask_pn[None, :], other=0, eviction_policy="evict_first")
+    group = k0 // GROUP_SIZE
+    zw = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=mask_pn & live, other=0)
+    s = tl.load(scales_ptr + group * stride_scales + offs_n, mask=mask_n & (offs_n * 0 + k0 < k_end), other=0.0)
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                mask=(offs_m[:, None] < M) & inside_k[None, :], other=0.0).to(tl.float16)
+    return q, zw, s, x
+
+
+@triton.jit
 def _load_x8(ptrs, limit, EVEN_K: tl.constexpr):
     """``ptrs[c]`` for c = 0..7 as fp32 (zero where ``c >= limit`` unless ``EVEN_K``)."""
     if EVEN_K:
@@ -190,6 +241,7 @@ def awq_gemm_layout_kernel(
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PTX: tl.constexpr,
+    PREFETCH: tl.constexpr, W_FIRST: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M == 1
     pid_m = tl.program_id(0)
@@ -208,7 +260,14 @@ def awq_gemm_layout_kernel(
         cols = 8 * offs_pn[:, None] + order[None, :]  # [BLOCK_N / 8, 8]
         acc3 = tl.zeros((BLOCK_K, BLOCK_N // 8, 8), dtype=tl.float32)
     else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_M) if W_FIRST else (BLOCK_M, BLOCK_N), dtype=tl.float32)
+        offs_pn = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+        mask_pn = offs_pn < N // 8
+        if PREFETCH:
+            q_next, zw_next, s_next, x_next = _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn,
+                                                              mask_pn, offs_n, M, N, k_start, k_end, stride_xm,
+                                                              stride_qweight, stride_qzeros, stride_scales,
+                                                              GROUP_SIZE, BLOCK_K, EVEN_N)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         if FMA:
@@ -222,17 +281,28 @@ def awq_gemm_layout_kernel(
             x = tl.load(x_ptr + pid_m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
             acc3 = nibble_fma(q[:, :, None], (19 - 4 * nib)[None, None, :], s16[None, :, :], zs[None, :, :],
                               x[:, None, None], acc3, USE_PTX)
-        else:
-            w = dequant_gemm_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_k, pid_n, k0, K, N,
-                                         stride_qweight, stride_qzeros, stride_scales,
-                                         GROUP_SIZE, BLOCK_K, BLOCK_N)
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                        mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
-            acc = tl.dot(x, w, acc)
+        else:  # the words decoded in fp16x2 pairs (columns in order), then zero and scale per column
+            if PREFETCH:  # this tile was loaded one iteration ago; load the next one
+                q, zw, s, x = q_next, zw_next, s_next, x_next
+                q_next, zw_next, s_next, x_next = _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m,
+                                                                  offs_pn, mask_pn, offs_n, M, N, k0 + BLOCK_K, k_end,
+                                                                  stride_xm, stride_qweight, stride_qzeros,
+                                                                  stride_scales, GROUP_SIZE, BLOCK_K, EVEN_N)
+            else:
+                q, zw, s, x = _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn, mask_pn,
+                                              offs_n, M, N, k0, k_end, stride_xm, stride_qweight, stride_qzeros,
+                                              stride_scales, GROUP_SIZE, BLOCK_K, EVEN_N)
+            w = dequant_gemm_words_f16(q, zw, s.to(tl.float16), BLOCK_K, BLOCK_N, USE_PTX)
+            if W_FIRST:  # out^T = W^T @ x^T: the weight tile is the dot's 64+-row left operand
+                acc = tl.dot(tl.trans(w), tl.trans(x), acc)
+            else:
+                acc = tl.dot(x, w, acc)
     if FMA:
         _emit_columns(tl.sum(acc3, axis=0)[None, :, :], cols[None, :, :], offs_m[:, None, None], M, N,
                       out_ptr, workspace_ptr, bias_ptr, stride_om, HAS_BIAS, USE_SPLIT_K)
     else:
+        if W_FIRST:
+            acc = tl.trans(acc)
         _emit_columns(acc, offs_n[None, :], offs_m[:, None], M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
                       HAS_BIAS, USE_SPLIT_K)
     if USE_SPLIT_K:
@@ -278,10 +348,15 @@ def awq_gemv_layout_kernel(
         if PREFETCH:
             q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k_start, k_end, stride_qweight,
                                       BLOCK_K, EVEN_K)
-    elif W_FIRST:
-        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if W_FIRST:
+            acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if PREFETCH:
+            q_next, z_next, s_next, x_next = _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n,
+                                                             mask_n, M, k_start, k_end, stride_xm, stride_qweight,
+                                                             stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K, EVEN_K)
     for k0 in range(k_start, k_end, BLOCK_K):
         if FMA:  # nibble by nibble: no reshape, x gathered at stride 8
             offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
@@ -325,19 +400,22 @@ def awq_gemv_layout_kernel(
                     t3 += f[None, :, :] * x2[:, None, :]
                     x_sum2 += x2
                 acc3 += s16[None, :, :] * t3 + zs[None, :, :] * x_sum2[:, None, :]
-        else:  # whole tile for tl.dot
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            w = dequant_gemv_layout_tile(qweight_ptr, qzeros_ptr, scales_ptr, offs_n, k0, K, N,
-                                         stride_qweight, stride_qzeros, stride_scales,
-                                         GROUP_SIZE, BLOCK_K, BLOCK_N)
+        else:  # whole tile for tl.dot, the weight tile decoded in fp16x2 pairs (x's K order permuted to match)
+            if PREFETCH:  # this tile was loaded one iteration ago; load the next one
+                q, z, s, x_t = q_next, z_next, s_next, x_next
+                q_next, z_next, s_next, x_next = _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m,
+                                                                 offs_n, mask_n, M, k0 + BLOCK_K, k_end, stride_xm,
+                                                                 stride_qweight, stride_qzeros, stride_scales,
+                                                                 GROUP_SIZE, BLOCK_K, EVEN_K)
+            else:
+                q, z, s, x_t = _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n, mask_n, M,
+                                               k0, k_end, stride_xm, stride_qweight, stride_qzeros, stride_scales,
+                                               GROUP_SIZE, BLOCK_K, EVEN_K)
+            w = dequant_gemv_words_f16(q, z[:, None], s.to(tl.float16)[:, None], BLOCK_N, BLOCK_K, USE_PTX)
             if W_FIRST:  # out^T = W @ x^T: the weight tile is the dot's 64+-row left operand
-                x_t = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
-                              mask=(offs_m[None, :] < M) & (offs_k[:, None] < K), other=0.0).to(tl.float16)
                 acc_t = tl.dot(w, x_t, acc_t)
             else:
-                x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                            mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float16)
-                acc = tl.dot(x, tl.trans(w), acc)
+                acc = tl.dot(tl.trans(x_t), tl.trans(w), acc)
     if FMA and BLOCK_M == 1:
         acc = (tl.sum(acc2, axis=1) + tl.sum(acc_z, axis=1))[None, :]
     elif FMA and BLOCK_M == 2:  # [2, BLOCK_N]: token a, token b
@@ -421,6 +499,8 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     meta["USE_PTX"] = x.is_cuda and torch.version.hip is None and not interpreting()  # NVIDIA only
     if gemv_layout:
         meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
+    else:
+        meta.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, EVEN_N=N % cfg.block_n == 0)
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:

@@ -1,10 +1,12 @@
 """Triton helpers that dequantize tiles of AutoAWQ's packed int4 words in registers.
 
-Two ways, each used where it measured faster on the H100 (docs/kernels.md):
+Three ways, each used where it measured faster on the H100 (docs/kernels.md):
 
-* **whole tiles** (``dequant_*_layout_tile``, fp16): the 8 nibbles of each word are unpacked
-  along a new axis and the tile is reshaped to ``[BLOCK_K, BLOCK_N]`` (or ``[BLOCK_N, BLOCK_K]``):
-  what ``tl.dot`` and contiguous stores need;
+* **words in fp16x2 pairs** (``dequant8_f16``, ``words_to_f16``, the ``tl.dot`` paths): one LOP3
+  decodes two nibbles of a word at once into an fp16x2 (Marlin's trick), in PTX on the GPU;
+* **whole tiles** (``dequant_*_layout_tile``, fp16, the dequantize kernel): the 8 nibbles of each
+  word are unpacked along a new axis and the tile is reshaped to ``[BLOCK_K, BLOCK_N]`` (or
+  ``[BLOCK_N, BLOCK_K]``);
 * **nibble by nibble** (``nibble_as_f32_one_plus_q16``, the FMA paths): nibble ``c`` of word
   ``[n, j]`` is taken in the register layout of the loaded words, with no reshape. On the GPU
   two PTX helpers do it (``dot8_one_plus_q16`` for a GEMV-layout word, ``nibble_fma`` for one
@@ -152,16 +154,23 @@ def nibble_fma(words, rot, s16, zs, x, acc, USE_PTX: tl.constexpr):
 
 
 @triton.jit
+def gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                          GROUP_SIZE: tl.constexpr):
+    """The GEMV layout's zero (int32) and scale of the group holding column ``k0``, as ``[BLOCK_N, 1]``."""
+    group = k0 // GROUP_SIZE
+    zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + group // 8, mask=mask_n[:, None], other=0)
+    s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group, mask=mask_n[:, None], other=0.0)
+    return (zw >> ((group % 8) * 4)) & 0xF, s
+
+
+@triton.jit
 def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
                           GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
     """``(16 s, -(16 + z) s)`` in fp32 for the GEMV-layout tile at column ``k0`` (see the top)."""
     if BLOCK_K <= GROUP_SIZE:  # one group: one value per row, loaded as [BLOCK_N, 1] (no layout conversion)
-        group = k0 // GROUP_SIZE
-        zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + group // 8, mask=mask_n[:, None], other=0)
-        s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group, mask=mask_n[:, None],
-                    other=0.0).to(tl.float32)
-        z = ((zw >> ((group % 8) * 4)) & 0xF).to(tl.float32)
-        return fold_zero_into_scale(s, z)
+        z, s = gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                                     GROUP_SIZE)
+        return fold_zero_into_scale(s.to(tl.float32), z.to(tl.float32))
     else:  # several groups: one value per packed column j (8 columns never straddle a group)
         group = (k0 + 8 * tl.arange(0, BLOCK_K // 8)) // GROUP_SIZE
         zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + (group // 8)[None, :],
@@ -241,3 +250,122 @@ def dequant_gemv_layout_tile(
     q = tl.reshape((q[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
     w = (_f16_plus_1024(q) - _f16_plus_1024(z)[:, None]) * s.to(tl.float16)[:, None]
     return w  # [BLOCK_N, BLOCK_K]
+
+
+# One packed word to 8 fp16 values in pairs (Marlin's trick, for the tl.dot paths): a LOP3 puts two
+# nibbles 16 bits apart into the mantissas of an fp16x2 ``1024 + q``; the upper nibble of each
+# byte lands as ``1024 + 16q``, which one exact f16x2 FMA by 1/16 brings back. The pairs stay as
+# decoded: a = nibbles (0, 4), b = (1, 5), c = (2, 6), d = (3, 7), so the outputs are nibbles
+# 0, 4, 1, 5, 2, 6, 3, 7 (``nibble_of_output``). In the GEMV layout that permutes K inside each
+# word (the dot loads x in the same order); in the GEMM layout AutoAWQ's nibble order makes them
+# columns 0..7 in order.
+_DECODE_PAIRS = """
+.reg .b32 w, a, b, c, d, m, e, k, o;
+mov.b32 m, 0x000F000F;
+mov.b32 e, 0x64006400;
+mov.b32 k, 0x2C002C00;
+lop3.b32 a, $8, m, e, 0xEA;
+shr.u32 w, $8, 8;
+lop3.b32 c, w, m, e, 0xEA;
+shl.b32 m, m, 4;
+lop3.b32 b, $8, m, e, 0xEA;
+lop3.b32 d, w, m, e, 0xEA;
+"""
+_OUTPUT_PAIRS = """
+mov.b32 {$0, $1}, a;
+mov.b32 {$2, $3}, b;
+mov.b32 {$4, $5}, c;
+mov.b32 {$6, $7}, d;
+"""
+# ``1024 + q`` (the GEMM layout, whose zero and scale change along the word): 7 instructions.
+_WORD_TO_F16_PTX: tl.constexpr = tl.constexpr("{" + _DECODE_PAIRS + """
+mov.b32 o, 0x63806380;
+fma.rn.f16x2 b, b, k, o;
+fma.rn.f16x2 d, d, k, o;
+""" + _OUTPUT_PAIRS + "}")
+# ``(q - z) s`` with one zero and scale per word (the GEMV layout): an f16x2 subtract of ``1024 + z``
+# (or the FMA by 1/16 with ``-(64 + z)``) leaves the exact ``q - z``, one f16x2 multiply rounds
+# once, as AutoAWQ's ``(q - z) * s`` does: 13 instructions. Inputs: ``$9`` = fp16x2 bits of
+# ``1024 + z``, ``$10`` = of ``-(64 + z)``, ``$11`` = of ``s``, both halves equal.
+_DEQUANT8_F16_PTX: tl.constexpr = tl.constexpr("{" + _DECODE_PAIRS + """
+sub.f16x2 a, a, $9;
+fma.rn.f16x2 b, b, k, $10;
+sub.f16x2 c, c, $9;
+fma.rn.f16x2 d, d, k, $10;
+mul.rn.f16x2 a, a, $11;
+mul.rn.f16x2 b, b, $11;
+mul.rn.f16x2 c, c, $11;
+mul.rn.f16x2 d, d, $11;
+""" + _OUTPUT_PAIRS + "}")
+
+
+@triton.jit
+def nibble_of_output(p):
+    """The nibble of its word that element ``p`` of a decoded row holds (``p`` mod 8 ->
+    0, 4, 1, 5, 2, 6, 3, 7)."""
+    return (p % 2) * 4 + (p % 8) // 2
+
+
+@triton.jit
+def words_to_f16_reference(words):
+    """``1024 + q`` (fp16) for the 8 nibbles ``q`` of each packed word, in the order 0, 4, 1, 5, 2, 6, 3, 7."""
+    return (_f16_plus_1024(words & 0xF), _f16_plus_1024((words >> 16) & 0xF),
+            _f16_plus_1024((words >> 4) & 0xF), _f16_plus_1024((words >> 20) & 0xF),
+            _f16_plus_1024((words >> 8) & 0xF), _f16_plus_1024((words >> 24) & 0xF),
+            _f16_plus_1024((words >> 12) & 0xF), _f16_plus_1024((words >> 28) & 0xF))
+
+
+@triton.jit
+def words_to_f16(words, USE_PTX: tl.constexpr):
+    """``words_to_f16_reference``, in PTX on a GPU."""
+    if USE_PTX:
+        return tl.inline_asm_elementwise(_WORD_TO_F16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words],
+                                         dtype=(tl.float16, ) * 8, is_pure=True, pack=1)
+    else:
+        return words_to_f16_reference(words)
+
+
+@triton.jit
+def dequant8_f16(words, z, s, USE_PTX: tl.constexpr):
+    """The 8 weights ``(q - z) * s`` (fp16) of each packed word in the order of ``words_to_f16``;
+    ``z`` (int32) and ``s`` (fp16) broadcast to ``words``."""
+    if USE_PTX:
+        zp = (z | 0x6400) * 0x10001
+        zn = ((z << 4) | 0xD400) * 0x10001
+        sp = (s.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) * 0x10001
+        return tl.inline_asm_elementwise(_DEQUANT8_F16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r",
+                                         [words, zp, zn, sp], dtype=(tl.float16, ) * 8, is_pure=True, pack=1)
+    else:
+        zf = _f16_plus_1024(z)
+        o0, o1, o2, o3, o4, o5, o6, o7 = words_to_f16_reference(words)
+        return ((o0 - zf) * s, (o1 - zf) * s, (o2 - zf) * s, (o3 - zf) * s,
+                (o4 - zf) * s, (o5 - zf) * s, (o6 - zf) * s, (o7 - zf) * s)
+
+
+@triton.jit
+def _tile8(o0, o1, o2, o3, o4, o5, o6, o7, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """``[ROWS, COLS]`` with word j's outputs ``o_c [ROWS, COLS / 8]`` at columns 8j + c."""
+    # join(a, b) puts a new axis last: element [.., i, j, l] below is o_{4i + 2j + l}
+    w = tl.join(tl.join(tl.join(o0, o4), tl.join(o2, o6)), tl.join(tl.join(o1, o5), tl.join(o3, o7)))
+    return tl.reshape(w, (ROWS, COLS))
+
+
+@triton.jit
+def dequant_gemv_words_f16(q, z, s, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PTX: tl.constexpr):
+    """fp16 weights ``[BLOCK_N, BLOCK_K]`` from the GEMV layout's words ``q [BLOCK_N, BLOCK_K / 8]``
+    with one zero ``z`` (int32) and scale ``s`` (fp16) per row (``[BLOCK_N, 1]``: the tile lies in
+    one group). Column ``p`` holds K column ``8 (p // 8) + nibble_of_output(p)``: the pairs stay as
+    decoded, the caller permutes x."""
+    o0, o1, o2, o3, o4, o5, o6, o7 = dequant8_f16(q, z, s, USE_PTX)
+    return _tile8(o0, o1, o2, o3, o4, o5, o6, o7, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def dequant_gemm_words_f16(q, zw, s, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, USE_PTX: tl.constexpr):
+    """fp16 ``W[k, n]`` ``[BLOCK_K, BLOCK_N]`` from the GEMM layout's words ``q [BLOCK_K, BLOCK_N / 8]``,
+    the zero words ``zw [BLOCK_N / 8]`` and scales ``s [BLOCK_N]`` (fp16) of the tile's group."""
+    o0, o1, o2, o3, o4, o5, o6, o7 = words_to_f16(q, USE_PTX)
+    w = _tile8(o0, o1, o2, o3, o4, o5, o6, o7, BLOCK_K, BLOCK_N)
+    z0, z1, z2, z3, z4, z5, z6, z7 = words_to_f16(zw[None, :], USE_PTX)
+    zf = _tile8(z0, z1, z2, z3, z4, z5, z6, z7, 1, BLOCK_N)
+    return (w - zf) * s[None, :]  # (1024 + q) - (1024 + z) = q - z exactly; one rounding
