@@ -149,18 +149,18 @@ def _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n, 
     """What a GEMV-layout ``tl.dot`` tile at column ``k0`` reads, all zero from ``k_end`` on: the
     words ``[offs_n, k0 / 8 ...]``, the zeros (int32) and scales of their group (1-D: their
     ``[:, None]`` takes the words' register layout) and ``x^T [BLOCK_K, BLOCK_M]`` with its rows
-    in ``dequant_gemv_words_f16``'s column order."""
+    in ``dequant_gemv_words_f16``'s column order. The tile lies in K (``BLOCK_K`` divides the group size)."""
     q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
     group = k0 // GROUP_SIZE
-    live = offs_n * 0 + k0 < k_end  # a tensor comparison (the interpreter refuses scalar masks)
-    z = (tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n & live, other=0)
-         >> ((group % 8) * 4)) & 0xF
-    s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n & live, other=0.0)
+    # "is the tile before k_end" as tensors (the interpreter refuses scalar masks): one value per tile
+    live_n = mask_n & (offs_n * 0 + k0 < k_end)
+    z = (tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=live_n, other=0) >> ((group % 8) * 4)) & 0xF
+    s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=live_n, other=0.0)
     p = tl.arange(0, BLOCK_K)
     offs_k = k0 + (p // 8) * 8 + nibble_of_output(p)
-    inside = p * 0 + k0 < k_end  # the tile lies in K (BLOCK_K divides the group size)
+    live_k = p * 0 + k0 < k_end
     x_t = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
-                  mask=(offs_m[None, :] < M) & inside[:, None], other=0.0).to(tl.float16)
+                  mask=(offs_m[None, :] < M) & live_k[:, None], other=0.0).to(tl.float16)
     return q, z, s, x_t
 
 
@@ -170,23 +170,22 @@ def _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn,
                     BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
     """What a GEMM-layout ``tl.dot`` tile at row ``k0`` reads, all zero from ``k_end`` on: the words
     ``[k0 ..., offs_pn]``, the zero words and scales of their group and ``x [BLOCK_M, BLOCK_K]``.
-    The tile lies in K (``BLOCK_K`` divides the group size); ``EVEN_N``: and in N (no column masks,
-    so the loads stay 16 bytes wide)."""
+    The tile lies in K (``BLOCK_K`` divides the group size); ``EVEN_N``: and in N."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
-    inside_k = offs_k * 0 + k0 < k_end  # one value per tile (a tensor: the interpreter refuses scalar masks)
-    if EVEN_N:
-        mask_pn = offs_pn * 0 == 0
-        mask_n = offs_n * 0 == 0
-    else:
-        mask_n = offs_n < N
-    live = k0 + offs_pn * 0 < k_end
+    # "is the tile before k_end" as tensors (the interpreter refuses scalar masks): one value per tile
+    live_k = offs_k * 0 + k0 < k_end
+    live_pn = offs_pn * 0 + k0 < k_end
+    live_n = offs_n * 0 + k0 < k_end
+    if not EVEN_N:  # with EVEN_N no column masks: the loads stay 16 bytes wide
+        live_pn = live_pn & mask_pn
+        live_n = live_n & (offs_n < N)
     q = tl.load(qweight_ptr + offs_k[:, None] * stride_qweight + offs_pn[None, :],
-                mask=inside_k[:, None] & mask_pn[None, :], other=0, eviction_policy="evict_first")
+                mask=live_k[:, None] & live_pn[None, :], other=0, eviction_policy="evict_first")
     group = k0 // GROUP_SIZE
-    zw = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=mask_pn & live, other=0)
-    s = tl.load(scales_ptr + group * stride_scales + offs_n, mask=mask_n & (offs_n * 0 + k0 < k_end), other=0.0)
+    zw = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=live_pn, other=0)
+    s = tl.load(scales_ptr + group * stride_scales + offs_n, mask=live_n, other=0.0)
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                mask=(offs_m[:, None] < M) & inside_k[None, :], other=0.0).to(tl.float16)
+                mask=(offs_m[:, None] < M) & live_k[None, :], other=0.0).to(tl.float16)
     return q, zw, s, x
 
 
