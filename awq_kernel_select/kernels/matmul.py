@@ -1,10 +1,11 @@
 """The fused int4 matmul: ``out = x @ W^T + bias`` with ``W`` dequantized in registers.
 
-History that shaped it (H100 sweeps and SASS counts, docs/kernels.md): whole-tile fp16
-dequantization feeds ``tl.dot``; the FMA paths use the fp32 bit trick of ``tiles.py`` nibble by
-nibble, through small PTX helpers on the GPU. At M = 1 the instruction count per weight sets the
-speed (an SM has to take ~23 weights per clock): 6.1 -> 4.5 SASS instructions per weight took
-the GEMV layout from 50% to 56-59% of bandwidth on the 70B shapes.
+History that shaped it (H100 sweeps and SASS counts, docs/kernels.md): the FMA paths use the
+fp32 bit trick of ``tiles.py`` nibble by nibble, through small PTX helpers on the GPU; the
+``tl.dot`` paths decode each packed word in fp16x2 pairs (Marlin's LOP3 trick). In this
+memory-bound regime the instruction count per weight sets the speed (an SM has to take ~23
+weights per clock): 6.1 -> 4.5 SASS instructions per weight took the GEMV layout at M = 1 from
+50% to 56-59% of bandwidth on the 70B shapes; 9 -> 4 took M = 16 from ~1x to 1.5-1.9x fp16.
 
 One kernel per packed layout; each serves both regimes, chosen by its meta-parameters:
 
@@ -251,17 +252,15 @@ def awq_gemm_layout_kernel(
     k_start = pid_k * k_iters_per_split * BLOCK_K
     k_end = tl.minimum(k_start + k_iters_per_split * BLOCK_K, K)
 
+    offs_pn = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed columns
+    mask_pn = offs_pn < N // 8
     if FMA:  # words [BLOCK_K, BLOCK_N / 8] with their 8 nibbles on a third axis; no reshape
-        offs_pn = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
-        mask_pn = offs_pn < N // 8
         nib = tl.arange(0, 8)  # nibble i of a word holds column 8j + ORDER[i]
         order = 2 * (nib % 4) + nib // 4  # ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
         cols = 8 * offs_pn[:, None] + order[None, :]  # [BLOCK_N / 8, 8]
         acc3 = tl.zeros((BLOCK_K, BLOCK_N // 8, 8), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_N, BLOCK_M) if W_FIRST else (BLOCK_M, BLOCK_N), dtype=tl.float32)
-        offs_pn = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
-        mask_pn = offs_pn < N // 8
         if PREFETCH:
             q_next, zw_next, s_next, x_next = _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn,
                                                               mask_pn, offs_n, M, N, k_start, k_end, stride_xm,
