@@ -83,6 +83,12 @@ def _pow2_floor(v: int) -> int:
     return 1 << (max(v, 1).bit_length() - 1)
 
 
+def _split_k(programs: int, tiles: int, k_tiles: int, most: int, least: int = 1) -> int:
+    """Splits of K per output tile: about ``programs`` programs in all (a power of two, at least
+    ``least``), no more than the K tiles or ``most``."""
+    return min(max(least, _pow2_floor(max(1, programs // tiles))), _pow2_floor(k_tiles), most)
+
+
 def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_count: int) -> MatmulConfig:
     """Tiles for M <= 16: enough programs (4-8 per SM) that every SM streams weights.
 
@@ -96,18 +102,15 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
     """
     if gemv_layout and m <= 2:
         block_k = min(group_size, 128)
-        k_tiles, tiles = -(-k // block_k), -(-n // 256)
-        split = min(_pow2_floor(max(1, (8 * sm_count) // tiles)), _pow2_floor(k_tiles), 64 if m == 1 else 32)
+        split = _split_k(8 * sm_count, -(-n // 256), -(-k // block_k), 64 if m == 1 else 32)
         return MatmulConfig(m, 256, block_k, split, 8 if m == 1 else 4, 3, prefetch=m == 1)
     if not gemv_layout and m == 1:
         block_k = min(group_size, 64)
-        tiles, k_tiles = -(-n // 256), -(-k // block_k)
-        split = min(_pow2_floor(max(1, (4 * sm_count) // tiles)), _pow2_floor(k_tiles), 16)
-        return MatmulConfig(1, 256, block_k, split, 4, 3)
+        return MatmulConfig(1, 256, block_k, _split_k(4 * sm_count, -(-n // 256), -(-k // block_k), 16), 4, 3)
     block_k = min(group_size, 128)
     block_n, warps, min_split = (128, 8, 4) if gemv_layout else (64, 4, 2)
-    tiles, k_tiles = -(-n // block_n), -(-k // block_k)
-    split = min(max(min_split, _pow2_floor(max(1, (256 * sm_count) // (block_n * tiles)))), _pow2_floor(k_tiles), 32)
+    # 256 * sm_count // block_n programs: 4 per SM on 64-column tiles, 2 on 128-column ones
+    split = _split_k(256 * sm_count // block_n, -(-n // block_n), -(-k // block_k), 32, min_split)
     return MatmulConfig(16, block_n, block_k, split, warps, 1, w_first=True, prefetch=True)
 
 

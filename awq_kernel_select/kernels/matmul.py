@@ -40,6 +40,7 @@ from .tiles import (
     dot8x2_one_plus_q16,
     fold_zero_into_scale,
     gemv_group_scales_f32,
+    gemv_group_zero_scale,
     nibble_of_output,
     nibble_as_f32_one_plus_q16,
     nibble_fma,
@@ -152,11 +153,9 @@ def _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n, 
     ``[:, None]`` takes the words' register layout) and ``x^T [BLOCK_K, BLOCK_M]`` with its rows
     in ``dequant_gemv_words_f16``'s column order. The tile lies in K (``BLOCK_K`` divides the group size)."""
     q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
-    group = k0 // GROUP_SIZE
     # "is the tile before k_end" as tensors (the interpreter refuses scalar masks): one value per tile
     live_n = mask_n & (offs_n * 0 + k0 < k_end)
-    z = (tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=live_n, other=0) >> ((group % 8) * 4)) & 0xF
-    s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=live_n, other=0.0)
+    z, s = gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n, live_n, k0, stride_qzeros, stride_scales, GROUP_SIZE)
     p = tl.arange(0, BLOCK_K)
     offs_k = k0 + (p // 8) * 8 + nibble_of_output(p)
     live_k = p * 0 + k0 < k_end

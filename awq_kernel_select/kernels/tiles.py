@@ -156,10 +156,12 @@ def nibble_fma(words, rot, s16, zs, x, acc, USE_PTX: tl.constexpr):
 @triton.jit
 def gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
                           GROUP_SIZE: tl.constexpr):
-    """The GEMV layout's zero (int32) and scale of the group holding column ``k0``, as ``[BLOCK_N, 1]``."""
+    """The GEMV layout's zero (int32) and scale of the group holding column ``k0`` for rows
+    ``offs_n``, shaped like ``offs_n`` (``[BLOCK_N, 1]`` or ``[BLOCK_N]``: the shape decides the
+    register layout Triton gives them)."""
     group = k0 // GROUP_SIZE
-    zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + group // 8, mask=mask_n[:, None], other=0)
-    s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group, mask=mask_n[:, None], other=0.0)
+    zw = tl.load(qzeros_ptr + offs_n * stride_qzeros + group // 8, mask=mask_n, other=0)
+    s = tl.load(scales_ptr + offs_n * stride_scales + group, mask=mask_n, other=0.0)
     return (zw >> ((group % 8) * 4)) & 0xF, s
 
 
@@ -168,8 +170,8 @@ def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qze
                           GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
     """``(16 s, -(16 + z) s)`` in fp32 for the GEMV-layout tile at column ``k0`` (see the top)."""
     if BLOCK_K <= GROUP_SIZE:  # one group: one value per row, loaded as [BLOCK_N, 1] (no layout conversion)
-        z, s = gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
-                                     GROUP_SIZE)
+        z, s = gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n[:, None], mask_n[:, None], k0, stride_qzeros,
+                                     stride_scales, GROUP_SIZE)
         return fold_zero_into_scale(s.to(tl.float32), z.to(tl.float32))
     else:  # several groups: one value per packed column j (8 columns never straddle a group)
         group = (k0 + 8 * tl.arange(0, BLOCK_K // 8)) // GROUP_SIZE
