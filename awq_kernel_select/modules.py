@@ -15,6 +15,7 @@ from torch import nn
 from . import layouts
 from .kernels.dispatch import DEFAULT_DISPATCH, DispatchPolicy, KernelPath, linear_with_replay
 from .kernels.matmul import Replay
+from .kernels import op
 from .layouts import PackedWeights
 
 
@@ -47,7 +48,7 @@ class AWQLinear(nn.Module):
         self.training = training
         self.path: KernelPath | str = "auto"  # or a forced path: "gemv", "gemm", "dequant", "torch"
         self.dispatch: DispatchPolicy = DEFAULT_DISPATCH
-        self._packed_cache: tuple[tuple[int, int, int], PackedWeights] | None = None
+        self._packed_cache: tuple[tuple[int, ...], PackedWeights, torch.Tensor | None] | None = None
         self._replays: dict[tuple[object, ...], Replay] = {}
         shapes = layouts.expected_shapes(self.layout, in_features, out_features, group_size)
         self.register_buffer("qweight", torch.zeros(shapes["qweight"], dtype=torch.int32, device=dev))
@@ -111,12 +112,14 @@ class AWQLinear(nn.Module):
 
     def packed(self) -> PackedWeights:
         """The buffers as :class:`PackedWeights` (validated once per set of buffers)."""
-        key = (id(self.qweight), id(self.qzeros), id(self.scales))
+        key = (id(self.qweight), id(self.qzeros), id(self.scales), id(self.bias))
         if self._packed_cache is None or self._packed_cache[0] != key:
             packed = PackedWeights(self.layout, self.qweight, self.qzeros, self.scales,
                                    self.in_features, self.out_features, self.group_size)
-            self._packed_cache = (key, packed)
-            self._replays.clear()  # they hold the old buffers
+            # the kept launches read the buffers by address: drop them with the old buffers,
+            # which the cache holds until here (so that no new buffer can take an old id)
+            self._packed_cache = (key, packed, self.bias)
+            self._replays.clear()
         return self._packed_cache[1]
 
     def __getstate__(self) -> dict[str, object]:
@@ -135,6 +138,9 @@ class AWQLinear(nn.Module):
         return layouts.dequantize(self.packed(), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # one opaque operator node for torch.compile (kernels/op.py)
+            return op.linear(x, self.qweight, self.qzeros, self.scales, self.bias, self.layout,
+                             self.in_features, self.out_features, self.group_size, self.path, self.dispatch)
         packed = self.packed()  # rebuilt (and the kept launches dropped) if the buffers changed
         # Eager decode calls each layer with the same shapes over and over: the launch is kept
         # per (rows, dtype, device, bias, path, dispatch policy) and repeated without the

@@ -61,6 +61,7 @@ CONTENDERS: dict[str, Callable[..., Any]] = {
     "fp16": peers.fp16_linear,
     "ours_gemv_layout": peers.ours("gemv"),
     "ours_gemm_layout": peers.ours("gemm"),
+    "ours_gemv_layout_pdl": peers.ours("gemv", pdl=True),
     "ours_gemm_layout:gemv": peers.ours("gemm", "gemv"),
     "ours_gemm_layout:gemm": peers.ours("gemm", "gemm"),
     "ours_gemm_layout:dequant": peers.ours("gemm", "dequant"),
@@ -84,20 +85,23 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         fp16_copies = copies_to_evict_l2(k * n * 2)
         ref_w = L.dequantize(L.pack(*layers[0], GROUP, "gemm"), torch.float64)
         floor_us = packed_bytes(k, n, GROUP) / bandwidth * 1e6
+        built: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
         for name, build in CONTENDERS.items():
             if args.only and name not in args.only:
                 continue
             try:
-                ops = [build(*layer, GROUP) for layer in layers[: (fp16_copies if name == "fp16" else copies)]]
+                built[name] = [build(*layer, GROUP) for layer in layers[: (fp16_copies if name == "fp16" else copies)]]
             except peers.Unavailable as exc:
                 print(f"  {name}: unavailable: {exc}", flush=True)
                 rows.append({"K": k, "N": n, "contender": name, "unavailable": str(exc)})
-                continue
-            forced = name.split(":")[1] if ":" in name else None
-            for m in ms:
+        # every contender at one M before the next M: side by side in time, so that a slow
+        # clock after the compute-heavy M = 4096 calls cannot favour one contender
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            for name, ops in built.items():
+                forced = name.split(":")[1] if ":" in name else None
                 if forced and not FORCED_RANGE[forced][0] <= m <= FORCED_RANGE[forced][1]:
                     continue
-                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                 if m in (1, 16):
                     err = rel_err(ops[0](x), x.double() @ ref_w.t())
                     errors.append({"K": k, "N": n, "M": m, "contender": name, "rel_err": err})
@@ -109,8 +113,8 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                     continue
                 rows.append({"K": k, "N": n, "M": m, "contender": name, "median_us": timing.median_us,
                              "p10_us": timing.p10_us, "p90_us": timing.p90_us, "floor_us": floor_us})
-            del ops
-            torch.cuda.empty_cache()
+        del built
+        torch.cuda.empty_cache()
         print(f"{k}x{n}: done ({copies} copies)", flush=True)
     return {"bandwidth_Bps": bandwidth, "rows": rows, "errors": errors}
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from awq_kernel_select import layouts as L
-from awq_kernel_select.kernels import awq_linear
+from awq_kernel_select.kernels import awq_linear, matmul
 
 Op = Callable[[torch.Tensor], torch.Tensor]
 
@@ -27,10 +27,21 @@ def fp16_linear(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op
     return lambda x: torch.nn.functional.linear(x, w)
 
 
-def ours(layout: str, path: str = "auto") -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], Op]:
+def ours(layout: str, path: str = "auto", pdl: bool = False
+         ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], Op]:
+    """This library's ``awq_linear``; ``pdl``: launched with programmatic dependent launch
+    (``AWQ_KERNEL_SELECT_PDL=1``)."""
     def build(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op:
         packed = L.pack(q, z, s, g, layout)
-        return lambda x: awq_linear(x, packed, None, path=path)  # type: ignore[arg-type]
+
+        def op(x: torch.Tensor) -> torch.Tensor:
+            default, matmul.USE_PDL = matmul.USE_PDL, pdl
+            try:
+                return awq_linear(x, packed, None, path=path)  # type: ignore[arg-type]
+            finally:
+                matmul.USE_PDL = default
+
+        return op
 
     return build
 

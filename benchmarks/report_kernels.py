@@ -8,7 +8,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-SHOWN = ["ours_gemv_layout", "ours_gemm_layout", "tinygemm", "gemlite", "autoawq"]
+SHOWN = ["ours_gemv_layout", "ours_gemv_layout_pdl", "ours_gemm_layout", "tinygemm", "gemlite", "autoawq"]
+
+
+def _shown(result: dict[str, Any]) -> list[str]:
+    """The contenders of ``SHOWN`` that this result measured."""
+    present = {row["contender"] for row in result["rows"]}
+    return [c for c in SHOWN if c in present]
 
 
 def _index(result: dict[str, Any]) -> dict[tuple[int, int, int], dict[str, float]]:
@@ -23,6 +29,7 @@ def _index(result: dict[str, Any]) -> dict[tuple[int, int, int], dict[str, float
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     table = _index(result)
+    shown = _shown(result)
     lines = [
         f"GPU: **{meta['gpu']}** (compute capability {meta['capability'][0]}.{meta['capability'][1]}), "
         f"torch {meta['torch']} (CUDA {meta['cuda']}), triton {meta.get('triton', '?')}, "
@@ -31,16 +38,17 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Speed-up over fp16 `F.linear` (fp16 time / contender time; higher is better). "
         "`floor` is fp16 time / (packed bytes / copy bandwidth). `BW%` is our best layout's share "
-        "of that bandwidth. `auto/best` is our auto dispatch (GEMM layout) over the best of its forced paths.",
+        "of that bandwidth (without PDL). `auto/best` is our auto dispatch (GEMM layout) over the best of its "
+        "forced paths. `_pdl`: launched with programmatic dependent launch (`AWQ_KERNEL_SELECT_PDL=1`).",
         "",
-        "| K x N | M | fp16 us | " + " | ".join(SHOWN) + " | floor | BW% | auto/best |",
-        "|---|---|---|" + "---|" * len(SHOWN) + "---|---|---|",
+        "| K x N | M | fp16 us | " + " | ".join(shown) + " | floor | BW% | auto/best |",
+        "|---|---|---|" + "---|" * len(shown) + "---|---|---|",
     ]
     for (k, n, m), times in sorted(table.items()):
         fp16 = times.get("fp16")
         if fp16 is None:
             continue
-        cells = [f"{fp16 / times[c]:.2f}x" if c in times else "-" for c in SHOWN]
+        cells = [f"{fp16 / times[c]:.2f}x" if c in times else "-" for c in shown]
         floor = times.get("floor")
         ours_best = min((times[c] for c in ("ours_gemv_layout", "ours_gemm_layout") if c in times), default=None)
         bw = f"{100 * floor / ours_best:.0f}%" if floor and ours_best and m <= 16 else "-"
@@ -73,7 +81,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, (len(shapes) + 1) // 2, figsize=(5 * ((len(shapes) + 1) // 2), 8), squeeze=False)
     for ax, (k, n) in zip(axes.flat, shapes):
         ms = sorted(m for kk, nn, m in table if (kk, nn) == (k, n) and "fp16" in table[(kk, nn, m)])
-        for c in SHOWN + ["floor"]:
+        for c in _shown(result) + ["floor"]:
             xs = [m for m in ms if c in table[(k, n, m)]]
             ys = [table[(k, n, m)]["fp16"] / table[(k, n, m)][c] for m in xs]
             if xs:

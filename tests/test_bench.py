@@ -70,3 +70,17 @@ def test_tiny_end_to_end_cpu_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert data["on_gpu"] is False and {r["variant"] for r in data["single"]} == {"fp16", "torch_dequant"}
     assert all(r["decode_eager"]["median_us"] > 0 for r in data["single"])
     assert (tmp_path / "bench.md").read_text().startswith("tiny Llama")
+
+
+def test_tiny_compiled_cpu_run(tmp_path: Path) -> None:
+    """The torch.compile rows: the whole model compiles with fullgraph (the packed linears are
+    one operator node each) and runs; aot_eager keeps the test free of a C++ compiler."""
+    from awq_kernel_select.cli import main
+
+    assert main(["bench", "--out", str(tmp_path), "--no-save", "--compile", "--compile-backend", "aot_eager",
+                 "--batch-sizes", "1"]) == 0
+    data = json.loads((tmp_path / "bench.json").read_text())
+    compiled = {r["variant"]: r for r in data["single"] if r["variant"].endswith("+compile")}
+    assert set(compiled) == {"fp16+compile", "torch_dequant+compile"}
+    assert all(r["decode_eager"]["median_us"] > 0 and r["compile_s"] > 0 for r in compiled.values())
+    assert any("torch_dequant+compile: torch.compile (aot_eager, fullgraph)" in n for n in data["notes"])

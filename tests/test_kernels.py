@@ -243,3 +243,26 @@ def test_tuned_table_lookup_falls_back_to_the_next_bucket(tmp_path, monkeypatch)
         assert dispatch.tuned_entry(cuda, "gemv", 7, 32, 64, 32) is None
     finally:
         dispatch._tuned_table.cache_clear()
+
+
+@pytest.mark.skipif(not GPU or torch.cuda.get_device_capability()[0] < 9, reason="PDL needs sm90+")
+def test_pdl_launches_match_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programmatic dependent launch (opt-in): back-to-back launches over layers that share the
+    split-K scratch, eager and captured in a CUDA graph, stay exact."""
+    from awq_kernel_select.kernels import matmul
+
+    monkeypatch.setattr(matmul, "USE_PDL", True)
+    for layout in ("gemv", "gemm"):
+        layers = [random_packed(4096, 11008, 128, layout, seed=s) for s in range(3)]
+        refs_w = [L.dequantize(p, torch.float64) for p in layers]
+        for m in (1, 2, 16, 100):
+            x = torch.randn(m, 4096, device=DEVICE, dtype=torch.float16)
+            eager = [awq_linear(x, p) for p in layers]
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                captured = [awq_linear(x, p) for p in layers]
+            graph.replay()
+            torch.cuda.synchronize()
+            for out_e, out_g, w in zip(eager, captured, refs_w):
+                ref = x.double() @ w.t()
+                assert rel_err(out_e, ref) < TOL and rel_err(out_g, ref) < TOL, (layout, m)

@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph decode step")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the decode step under torch.compile (default: on a GPU only)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--no-save", action="store_true", help="do not store the measured crossover")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for JSON, markdown, PNG")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -31,7 +34,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg = BenchConfig(model=args.model, layers=args.layers, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                       batch_sizes=tuple(args.batch_sizes), reps=args.reps, graph=not args.no_graph,
-                      save_measured=not args.no_save, progress=progress)
+                      save_measured=not args.no_save, compile=args.compile,
+                      compile_backend=args.compile_backend, progress=progress)
     result = run_benchmark(cfg)
     written = write_all(result, args.out)
     print(json.dumps(result.to_dict(), indent=1, default=str) if args.json else table(result))

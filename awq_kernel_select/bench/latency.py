@@ -25,6 +25,7 @@ class LatencyResult:
     generate_ms: float | None  # end-to-end generation of ``new_tokens`` tokens (median)
     peak_memory_bytes: int | None
     notes: tuple[str, ...] = field(default=())
+    compile_s: float | None = None  # torch.compile variants: the first call's wall time
 
 
 def _sync() -> None:
@@ -114,6 +115,48 @@ def measure(
             notes.append(f"CUDA-graph decode failed: {type(exc).__name__}: {str(exc)[:200]}")
     peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
     return LatencyResult(variant, batch, ttft, decode_eager, decode_graph, generate_ms, peak, tuple(notes))
+
+
+@torch.no_grad()
+def measure_compiled(model: Any, variant: str, *, batch: int = 1, prompt_len: int = 128, reps: int = 10,
+                     graph: bool = True, backend: str = "inductor") -> LatencyResult:
+    """One decode step of ``model.forward`` under ``torch.compile`` (whole model, ``fullgraph``,
+    static KV cache): timed as called (``decode_eager``: a compiled model without CUDA graphs)
+    and replayed from a CUDA graph. The packed linears are one operator node each
+    (``kernels/op.py``); inductor fuses the rest. The prompt is prefilled uncompiled."""
+    import transformers
+
+    static_cache: Any = transformers.StaticCache
+    device = next(model.parameters()).device
+    on_gpu = device.type == "cuda"
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=gen).to(device)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    static = static_cache(config=model.config, max_batch_size=batch, max_cache_len=prompt_len + 16,
+                          device=device, dtype=torch.float16)
+    model(input_ids=prompt, past_key_values=static, cache_position=torch.arange(prompt_len, device=device),
+          use_cache=True)
+    step_input, position = prompt[:, -1:], torch.tensor([prompt_len], device=device)
+    reference = model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True).logits
+
+    torch._dynamo.reset()  # every model compiles afresh
+    compiled: Any = torch.compile(model.forward, backend=backend, fullgraph=True, dynamic=False)
+
+    def step() -> Any:
+        return compiled(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)
+
+    started = time.perf_counter()
+    logits = step().logits
+    _sync()
+    compile_s = time.perf_counter() - started
+    err = float((logits.double() - reference.double()).norm() / reference.double().norm())
+    notes = [f"torch.compile ({backend}, fullgraph) took {compile_s:.0f} s; logits differ from the "
+             f"uncompiled model's by {err:.1e} (relative; fp16 fusions round differently)"]
+    eager = time_eager(step, reps=max(reps, 10), warmup=2) if on_gpu else _cpu_timing(step, reps)
+    decode_graph = time_graph([step], reps=max(reps, 20)) if graph and on_gpu else None
+    peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
+    return LatencyResult(variant, batch, None, eager, decode_graph, None, peak, tuple(notes), compile_s)
 
 
 def crossover(sweep: dict[str, dict[int, float]], slow_at_one: str = "aks_gemm", fast_at_one: str = "aks_gemv") -> int | None:

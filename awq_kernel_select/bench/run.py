@@ -16,7 +16,7 @@ from ..measured import MeasuredCrossover, save_crossover
 from ..modules import set_layout, set_path
 from ..probes import check
 from ..select import select_kernel
-from .latency import LatencyResult, crossover, measure
+from .latency import LatencyResult, crossover, measure, measure_compiled
 from .model import embedded_models, packed_bytes_per_token
 from .timing import copy_bandwidth
 
@@ -31,6 +31,8 @@ class BenchConfig:
     reps: int = 10
     graph: bool = True
     save_measured: bool = True
+    compile: bool | None = None  # also time the decode step under torch.compile; None: on a GPU only
+    compile_backend: str = "inductor"
     progress: Callable[[str], None] = print
 
 
@@ -149,6 +151,16 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             if timing is not None:
                 sweep[name][batch] = timing.median_us
     cross = crossover(sweep) if on_gpu else None
+
+    if cfg.compile if cfg.compile is not None else on_gpu:
+        for name in [v for v in ("fp16", "aks_gemv", "torch_dequant") if v in variants]:
+            say(f"torch.compile: {name} (whole model, fullgraph; ~30 s) ...")
+            result = measure_compiled(variants[name], f"{name}+compile", prompt_len=cfg.prompt_len if on_gpu else 16,
+                                      reps=cfg.reps if on_gpu else 3, graph=cfg.graph, backend=cfg.compile_backend)
+            single.append(result)
+            notes += [f"{result.variant}: {n}" for n in result.notes]
+    elif cfg.compile is None:
+        notes.append("torch.compile variants not run on the CPU (BenchConfig.compile=True runs them)")
 
     gpu = None
     bandwidth = floor = None

@@ -75,16 +75,19 @@ def direct_launches_possible() -> bool:
 
 
 def launch(kernel: Any, grid: tuple[int, int, int], args: tuple[Any, ...], meta: dict[str, Any],
-           num_warps: int, num_stages: int) -> Launcher | None:
+           num_warps: int, num_stages: int, launch_pdl: bool = False) -> Launcher | None:
     """``kernel[grid](*args, **meta, num_warps=..., num_stages=...)``, through the cache when safe.
 
-    ``meta`` must list the constexprs in the order of the kernel's signature, after ``args``.
+    ``meta`` must list the constexprs in the order of the kernel's signature, after ``args``;
+    ``launch_pdl`` launches with programmatic dependent launch (the kernel must take it as its
+    ``PDL`` constexpr too, which puts it in the cache key).
     Returns the direct launcher for this specialization (None where there is none): calling it
     with ``(grid, stream, (*args, *meta.values()))`` for arguments of the same specialization
     repeats the launch.
     """
+    options = {"launch_pdl": True} if launch_pdl else {}
     if not direct_launches_possible():
-        kernel[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages)
+        kernel[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages, **options)
         return None
     device = torch.cuda.current_device()
     key = (kernel, device, num_warps, num_stages, *meta.values(),
@@ -93,7 +96,7 @@ def launch(kernel: Any, grid: tuple[int, int, int], args: tuple[Any, ...], meta:
     if direct is not None:
         direct(grid, torch._C._cuda_getCurrentRawStream(device), (*args, *meta.values()))
         return direct
-    compiled = kernel[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages)
+    compiled = kernel[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages, **options)
     made = _direct_launcher(compiled)
     if made is not None:
         if len(_LAUNCHERS) >= _MAX_ENTRIES:

@@ -25,6 +25,7 @@ Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``. Launches go through ``l
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +34,11 @@ import triton
 import triton.language as tl
 
 from .launch import interpreting, launch
+
+try:  # programmatic dependent launch (sm90+): Triton >= 3.4
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # then PDL stays off and these are never compiled
+    gdc_launch_dependents = gdc_wait = None
 from .tiles import (
     dequant_gemm_words_f16,
     dequant_gemv_words_f16,
@@ -91,6 +97,26 @@ class MatmulConfig:
                              "one-token FMA path (BLOCK_M = 1)")
         if self.w_first and fma:
             raise ValueError(f"{self}: w_first is for the tl.dot path (BLOCK_M >= 16)")
+
+
+# --- programmatic dependent launch --------------------------------------------------------------
+
+
+@triton.jit
+def _let_next_kernel_start(PDL: tl.constexpr):
+    """With PDL the next kernel in the stream may be scheduled from now on (it waits in
+    ``_wait_for_previous_kernel`` before touching anything this one writes)."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def _wait_for_previous_kernel(PDL: tl.constexpr):
+    """With PDL: block until the previous kernel has finished and its writes are visible. Before
+    this only the layer's own buffers may be read (no kernel writes them); x, the output and
+    the split-K scratch come after."""
+    if PDL:
+        gdc_wait()
 
 
 # --- epilogue ----------------------------------------------------------------------------------
@@ -240,9 +266,11 @@ def awq_gemm_layout_kernel(
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PTX: tl.constexpr,
-    PREFETCH: tl.constexpr, W_FIRST: tl.constexpr, EVEN_N: tl.constexpr,
+    PREFETCH: tl.constexpr, W_FIRST: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M == 1
+    _let_next_kernel_start(PDL)
+    _wait_for_previous_kernel(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -321,9 +349,13 @@ def awq_gemv_layout_kernel(
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_FIRST: tl.constexpr,
-    EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr,
+    EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
+    WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
+    _let_next_kernel_start(PDL)
+    if not WORDS_FIRST:
+        _wait_for_previous_kernel(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -345,6 +377,7 @@ def awq_gemv_layout_kernel(
         if PREFETCH:
             q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k_start, k_end, stride_qweight,
                                       BLOCK_K, EVEN_K)
+            _wait_for_previous_kernel(PDL)  # while those words are on their way
     else:
         if W_FIRST:
             acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -465,6 +498,20 @@ def _workspace(device: torch.device, rows: int, n: int, tiles: int) -> tuple[tor
 
 Replay = Callable[[torch.Tensor], torch.Tensor]
 
+#: Launch the fused kernels with programmatic dependent launch where the GPU has it (sm90+):
+#: a kernel is scheduled while the one before it finishes and reads its first weights before
+#: waiting for it. Opt-in (``AWQ_KERNEL_SELECT_PDL=1``; benchmarks flip this flag): on the
+#: H100 it took 2-8% off back-to-back M = 1 calls of one layer shape but nothing measurable off
+#: a model's decode step, where the kernel before each linear is torch's (docs/kernels.md).
+USE_PDL = os.environ.get("AWQ_KERNEL_SELECT_PDL", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def pdl_capable(device: torch.device) -> bool:
+    """Hopper or newer, a Triton that has the instructions, CUDA (not ROCm), not interpreted."""
+    return (gdc_wait is not None and torch.version.hip is None and not interpreting()
+            and torch.cuda.get_device_capability(device)[0] >= 9)
+
 
 def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
             bias: torch.Tensor | None, gemv_layout: bool, in_features: int, out_features: int,
@@ -472,7 +519,11 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
             ) -> tuple[torch.Tensor, Replay | None]:
     """``x [M, K] @ W^T (+ bias) -> [M, N]`` for one packed layer with an explicit config, and a
     function that repeats the launch for another ``x`` of the same shape, dtype and 16-byte
-    alignment (contiguous), straight through Triton's launcher (None where that is off)."""
+    alignment (contiguous), straight through Triton's launcher (None where that is off).
+
+    The function launches with the raw addresses of the layer's buffers: its caller keeps those
+    tensors alive (the module holds them; the operator checks them by weak reference). It keeps
+    alive only the split-K scratch it writes."""
     M, K = x.shape
     N = out_features
     if K != in_features:
@@ -498,8 +549,9 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
     else:
         meta.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, EVEN_N=N % cfg.block_n == 0)
+    meta["PDL"] = pdl = x.is_cuda and USE_PDL and pdl_capable(x.device)
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
-    direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages)
+    direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
         return out, None
     # The launcher takes raw addresses as well as tensors: the layer's own are fixed.
@@ -508,7 +560,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     spare = (workspace.data_ptr(), tickets.data_ptr()) if split_k > 1 else None
     tail = (*sizes, *meta.values())
     device, index = x.device, x.device.index if x.device.index is not None else torch.cuda.current_device()
-    keep_alive = (qweight, qzeros, scales, bias, *((workspace, tickets) if split_k > 1 else ()))
+    scratch = (workspace, tickets) if split_k > 1 else ()
 
     def replay(x_new: torch.Tensor) -> torch.Tensor:
         out_new = torch.empty(M, N, dtype=dtype, device=device)
@@ -518,6 +570,6 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
                (x_new.data_ptr(), *fixed, o if bias_ptr is None else bias_ptr, o, ws, tk, *tail))
         return out_new
 
-    replay.keep_alive = keep_alive  # type: ignore[attr-defined]
+    replay.keep_alive = scratch  # type: ignore[attr-defined]
 
     return out, replay

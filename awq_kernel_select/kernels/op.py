@@ -1,0 +1,97 @@
+"""The packed linear as a PyTorch operator, so that ``torch.compile`` can take a model.
+
+Dynamo cannot trace into a Triton launch made from Python (the dispatch, the kept launches,
+the raw-pointer launcher), so under ``torch.compile`` the modules call
+``torch.ops.awq_kernel_select.linear`` instead: an opaque node whose output shape is known
+without running it. Inductor then fuses everything around the linears (norms, rotary
+embeddings, residual adds, SiLU x up) and calls the operator in their place. Outside
+``torch.compile`` the modules keep calling the kernels directly.
+
+The operator is registered with ``torch.library.Library`` rather than ``custom_op``: the
+latter's autograd and aliasing wrappers cost ~45 us per call, more than the kernel, when a
+compiled model runs without CUDA graphs. For the same reason the launch of each (layer, call
+shape) is kept and repeated, as the modules do; a kept launch is used only while the layer's
+own tensors (checked by weak reference) are the ones passed in. Inference only: the operator
+has no backward.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+
+from ..layouts import PackedWeights
+from .dispatch import DEFAULT_DISPATCH, DispatchPolicy, linear_with_replay
+from .matmul import Replay
+
+SCHEMA = ("linear(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor? bias, str layout, "
+          "int in_features, int out_features, int group_size, str path, int gemv_max_tokens, "
+          "int dequant_min_tokens, int dequant_chunk_bytes, int dequant_chunk_min_cols) -> Tensor")
+
+_library: Any = torch.library  # its functions carry no type hints
+_LIBRARY = _library.Library("awq_kernel_select", "DEF")
+_LIBRARY.define(SCHEMA)
+
+_MAX_KEPT = 4096
+_KEPT: dict[tuple[Any, ...], tuple[tuple[weakref.ref[torch.Tensor] | None, ...], Replay]] = {}
+
+
+def policy_args(policy: DispatchPolicy = DEFAULT_DISPATCH) -> tuple[int, int, int, int]:
+    """A dispatch policy as the operator's last four arguments (an operator takes no objects)."""
+    return (policy.gemv_max_tokens, policy.dequant_min_tokens, policy.dequant_chunk_bytes,
+            policy.dequant_chunk_min_cols)
+
+
+def _same(refs: tuple[weakref.ref[torch.Tensor] | None, ...], tensors: tuple[torch.Tensor | None, ...]) -> bool:
+    return all((r is None and t is None) or (r is not None and r() is t) for r, t in zip(refs, tensors))
+
+
+def _linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+            bias: torch.Tensor | None, layout: str, in_features: int, out_features: int, group_size: int,
+            path: str, gemv_max_tokens: int, dequant_min_tokens: int, dequant_chunk_bytes: int,
+            dequant_chunk_min_cols: int) -> torch.Tensor:
+    """``x [..., K] @ W^T + bias`` for one packed layer: what :func:`awq_linear` computes."""
+    rows = x.numel() // in_features
+    layer = (qweight, qzeros, scales, bias)
+    key = (*(0 if t is None else t.data_ptr() for t in layer), rows, x.dtype, x.device, path,
+           gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols)
+    kept = _KEPT.get(key)
+    if kept is not None and _same(kept[0], layer) and x.is_contiguous() and x.data_ptr() % 16 == 0:
+        return kept[1](x.view(rows, in_features)).view(*x.shape[:-1], out_features)
+    weights = PackedWeights(layout, qweight, qzeros, scales, in_features, out_features, group_size)
+    policy = DispatchPolicy(gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols)
+    out, replay = linear_with_replay(x, weights, bias, path=path, policy=policy)  # type: ignore[arg-type]
+    if replay is not None:
+        if len(_KEPT) >= _MAX_KEPT:
+            _KEPT.clear()
+        forget = lambda _ref: _KEPT.pop(key, None)  # noqa: E731  (the layer is gone)
+        refs = tuple(None if t is None else weakref.ref(t, forget) for t in layer)
+        _KEPT[key] = (refs, replay)
+    return out
+
+
+_LIBRARY.impl("linear", _linear, "CPU")
+_LIBRARY.impl("linear", _linear, "CUDA")
+
+
+def _linear_shape(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                  bias: torch.Tensor | None, layout: str, in_features: int, out_features: int,
+                  group_size: int, path: str, gemv_max_tokens: int, dequant_min_tokens: int,
+                  dequant_chunk_bytes: int, dequant_chunk_min_cols: int) -> torch.Tensor:
+    check: Any = torch._check
+    check(x.shape[-1] == in_features, lambda: f"input has {x.shape[-1]} features, the layer expects {in_features}")
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+_library.register_fake("awq_kernel_select::linear")(_linear_shape)
+
+
+def linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+           bias: torch.Tensor | None, layout: str, in_features: int, out_features: int, group_size: int,
+           path: str = "auto", policy: DispatchPolicy = DEFAULT_DISPATCH) -> torch.Tensor:
+    """Call the operator (what the modules do under ``torch.compile``)."""
+    out: torch.Tensor = torch.ops.awq_kernel_select.linear(x, qweight, qzeros, scales, bias, layout, in_features,
+                                                       out_features, group_size, path, *policy_args(policy))
+    return out

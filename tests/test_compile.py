@@ -1,0 +1,88 @@
+"""``torch.compile`` takes the packed modules: one operator node per linear (kernels/op.py).
+
+On the CPU the operator runs the Triton kernels under TRITON_INTERPRET=1 and ``aot_eager``
+stands in for inductor (no C++ compiler needed); on a GPU the same tests run inductor and
+the kept launches.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from awq_kernel_select import layouts as L
+from awq_kernel_select.kernels import op
+from awq_kernel_select.modules import LAYOUT_CLASSES
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+BACKEND = "inductor" if GPU else "aot_eager"
+K, N, G = (4096, 11008, 128) if GPU else (256, 136, 64)
+
+
+def random_module(layout: str, bias: bool, seed: int) -> nn.Module:
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    w = torch.randn(N, K, generator=gen, device=DEVICE) * 0.05
+    b = torch.randn(N, generator=gen, device=DEVICE).half() if bias else None
+    return LAYOUT_CLASSES[layout].from_packed(L.pack(*L.quantize_rtn(w, G), G, layout), b)
+
+
+def float64_reference(module: Any, x: torch.Tensor) -> torch.Tensor:
+    w = module.dequantize(torch.float64)
+    return x.double() @ w.t() + (module.bias.double() if module.bias is not None else 0)
+
+
+@pytest.mark.parametrize("layout,bias", [("gemv", False), ("gemm", True)])
+def test_compiled_module_matches_float64(layout: str, bias: bool) -> None:
+    module = random_module(layout, bias, seed=len(layout) + bias)
+    compiled = torch.compile(module, backend=BACKEND, fullgraph=True)  # fullgraph: no graph break
+    for rows in (1, 1, 16, 40):  # the repeated call takes the kept launch on a GPU
+        x = torch.randn(2, rows, K, device=DEVICE, dtype=torch.float16)  # 3-D input
+        out = compiled(x)
+        ref = float64_reference(module, x)
+        assert out.shape == (2, rows, N) and out.dtype == torch.float16
+        assert float((out.double() - ref).norm() / ref.norm()) < 1e-3
+
+
+def test_fake_tensor_and_schema_agree() -> None:
+    module = random_module("gemv", True, seed=3)
+    x = torch.randn(3, K, device=DEVICE, dtype=torch.float16)
+    args = (x, module.qweight, module.qzeros, module.scales, module.bias, "gemv", K, N, G, "auto",
+            *op.policy_args())
+    torch.library.opcheck(torch.ops.awq_kernel_select.linear.default, args)
+
+
+def test_kept_launch_is_used_only_for_the_same_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept launch reads the layer by address: reused for the same tensors, not for others at
+    the same address, and dropped when the layer's tensors die."""
+    launches: list[str] = []
+
+    def fake_replay(x: torch.Tensor) -> torch.Tensor:
+        launches.append("kept")
+        return torch.zeros(x.shape[0], N, dtype=x.dtype)
+
+    def fake_linear(x: torch.Tensor, weights: Any, bias: Any, **_: Any) -> tuple[torch.Tensor, Any]:
+        launches.append("dispatch")
+        return torch.zeros(*x.shape[:-1], N, dtype=x.dtype), fake_replay
+
+    monkeypatch.setattr(op, "linear_with_replay", fake_linear)
+    monkeypatch.setattr(op, "_KEPT", {})
+    module = random_module("gemv", False, seed=4).cpu()
+    x = torch.randn(1, K, dtype=torch.float16)
+
+    def call(qweight: torch.Tensor) -> None:
+        op.linear(x, qweight, module.qzeros, module.scales, None, "gemv", K, N, G)
+
+    call(module.qweight)
+    call(module.qweight)
+    assert launches == ["dispatch", "kept"]
+    same_address = module.qweight.view(module.qweight.shape)  # another tensor object, same data
+    call(same_address)
+    assert launches[-1] == "dispatch"
+    del same_address, module.qweight
+    gc.collect()
+    assert len(op._KEPT) == 0  # every entry named a tensor that is gone
