@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from . import layouts
+from .kernels import op
 from .kernels.dispatch import DEFAULT_DISPATCH, DispatchPolicy, KernelPath, linear_with_replay
 from .kernels.matmul import Replay
-from .kernels import op
 from .layouts import PackedWeights
 
 

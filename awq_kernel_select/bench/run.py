@@ -160,7 +160,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             single.append(result)
             notes += [f"{result.variant}: {n}" for n in result.notes]
     elif cfg.compile is None:
-        notes.append("torch.compile variants not run on the CPU (BenchConfig.compile=True runs them)")
+        notes.append("torch.compile variants not run on the CPU (`--compile` runs them)")
 
     gpu = None
     bandwidth = floor = None

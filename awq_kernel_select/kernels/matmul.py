@@ -34,11 +34,6 @@ import triton
 import triton.language as tl
 
 from .launch import interpreting, launch
-
-try:  # programmatic dependent launch (sm90+): Triton >= 3.4
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # then PDL stays off and these are never compiled
-    gdc_launch_dependents = gdc_wait = None
 from .tiles import (
     dequant_gemm_words_f16,
     dequant_gemv_words_f16,
@@ -51,6 +46,11 @@ from .tiles import (
     nibble_as_f32_one_plus_q16,
     nibble_fma,
 )
+
+try:  # programmatic dependent launch (sm90+): Triton >= 3.4
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # then PDL stays off and these are never compiled
+    gdc_launch_dependents = gdc_wait = None
 
 
 @dataclass(frozen=True)
@@ -501,7 +501,7 @@ Replay = Callable[[torch.Tensor], torch.Tensor]
 #: Launch the fused kernels with programmatic dependent launch where the GPU has it (sm90+):
 #: a kernel is scheduled while the one before it finishes and reads its first weights before
 #: waiting for it. Opt-in (``AWQ_KERNEL_SELECT_PDL=1``; benchmarks flip this flag): on the
-#: H100 it took 2-8% off back-to-back M = 1 calls of one layer shape but nothing measurable off
+#: H100 it took 1-7% off back-to-back M = 1 calls of one layer shape but nothing measurable off
 #: a model's decode step, where the kernel before each linear is torch's (docs/kernels.md).
 USE_PDL = os.environ.get("AWQ_KERNEL_SELECT_PDL", "0") == "1"
 
