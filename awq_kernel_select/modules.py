@@ -143,10 +143,10 @@ class AWQLinear(nn.Module):
                              self.in_features, self.out_features, self.group_size, self.path, self.dispatch)
         packed = self.packed()  # rebuilt (and the kept launches dropped) if the buffers changed
         # Eager decode calls each layer with the same shapes over and over: the launch is kept
-        # per (rows, dtype, device, bias, path, dispatch policy) and repeated without the
-        # dispatch. Its output is a fresh tensor that does not require grad.
-        key = (x.numel() // self.in_features, x.dtype, x.get_device(), id(self.bias), self.path,
-               id(self.dispatch))
+        # per (rows, dtype, device, path, dispatch policy) and repeated without the dispatch
+        # (a new bias or new buffers drop them all, in packed()). Its output is a fresh tensor
+        # that does not require grad.
+        key = (x.numel() // self.in_features, x.dtype, x.get_device(), self.path, id(self.dispatch))
         replay = self._replays.get(key)
         if replay is not None and x.is_contiguous() and x.data_ptr() % 16 == 0:
             return replay(x.view(-1, self.in_features)).view(*x.shape[:-1], self.out_features)

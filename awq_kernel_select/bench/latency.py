@@ -44,6 +44,26 @@ def _cpu_timing(fn: Callable[[], Any], reps: int, warmup: int = 1) -> Timing:
     return Timing.from_samples(samples)
 
 
+def _prompt(model: Any, batch: int, prompt_len: int, device: torch.device) -> torch.Tensor:
+    """The same random prompt for every variant (seeded on the CPU)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    return torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=gen).to(device)
+
+
+def _prefilled_static_cache(model: Any, prompt: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """A static KV cache holding ``prompt`` (prefilled uncompiled) and the next token's position."""
+    import transformers
+
+    static_cache: Any = transformers.StaticCache  # transformers' classes carry no type hints
+    batch, prompt_len = prompt.shape
+    device = prompt.device
+    static = static_cache(config=model.config, max_batch_size=batch, max_cache_len=prompt_len + 16,
+                          device=device, dtype=torch.float16)
+    model(input_ids=prompt, past_key_values=static, cache_position=torch.arange(prompt_len, device=device),
+          use_cache=True)
+    return static, torch.tensor([prompt_len], device=device)
+
+
 @torch.no_grad()
 def measure(
     model: Any,
@@ -60,13 +80,10 @@ def measure(
     import transformers
 
     dynamic_cache: Any = transformers.DynamicCache  # transformers' classes carry no type hints
-    static_cache: Any = transformers.StaticCache
 
     device = next(model.parameters()).device
     on_gpu = device.type == "cuda"
-    vocab = model.config.vocab_size
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    prompt = torch.randint(0, vocab, (batch, prompt_len), generator=gen).to(device)
+    prompt = _prompt(model, batch, prompt_len, device)
     notes: list[str] = []
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
@@ -102,11 +119,7 @@ def measure(
     decode_graph = None
     if graph and on_gpu:
         try:
-            static = static_cache(config=model.config, max_batch_size=batch,
-                                 max_cache_len=prompt_len + 16, device=device, dtype=torch.float16)
-            model(input_ids=prompt, past_key_values=static, cache_position=torch.arange(prompt_len, device=device),
-                  use_cache=True)
-            position = torch.tensor([prompt_len], device=device)
+            static, position = _prefilled_static_cache(model, prompt)
             decode_graph = time_graph(
                 [lambda: model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)],
                 reps=max(reps, 20),
@@ -124,20 +137,13 @@ def measure_compiled(model: Any, variant: str, *, batch: int = 1, prompt_len: in
     static KV cache): timed as called (``decode_eager``: a compiled model without CUDA graphs)
     and replayed from a CUDA graph. The packed linears are one operator node each
     (``kernels/op.py``); inductor fuses the rest. The prompt is prefilled uncompiled."""
-    import transformers
-
-    static_cache: Any = transformers.StaticCache
     device = next(model.parameters()).device
     on_gpu = device.type == "cuda"
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=gen).to(device)
+    prompt = _prompt(model, batch, prompt_len, device)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    static = static_cache(config=model.config, max_batch_size=batch, max_cache_len=prompt_len + 16,
-                          device=device, dtype=torch.float16)
-    model(input_ids=prompt, past_key_values=static, cache_position=torch.arange(prompt_len, device=device),
-          use_cache=True)
-    step_input, position = prompt[:, -1:], torch.tensor([prompt_len], device=device)
+    static, position = _prefilled_static_cache(model, prompt)
+    step_input = prompt[:, -1:]
     reference = model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True).logits
 
     torch._dynamo.reset()  # every model compiles afresh

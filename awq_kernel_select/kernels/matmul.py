@@ -508,9 +508,9 @@ USE_PDL = os.environ.get("AWQ_KERNEL_SELECT_PDL", "0") == "1"
 
 @functools.lru_cache(maxsize=None)
 def pdl_capable(device: torch.device) -> bool:
-    """Hopper or newer, a Triton that has the instructions, CUDA (not ROCm), not interpreted."""
-    return (gdc_wait is not None and torch.version.hip is None and not interpreting()
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+    """Hopper or newer, with a Triton that has the instructions (the caller has checked that
+    the launch is NVIDIA's, not interpreted: ``USE_PTX``)."""
+    return gdc_wait is not None and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
@@ -544,12 +544,13 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     args = (x, qweight, qzeros, scales, bias if bias is not None else out, out, workspace, tickets, *sizes)
     meta = dict(GROUP_SIZE=group_size, HAS_BIAS=bias is not None, USE_SPLIT_K=split_k > 1,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    meta["USE_PTX"] = x.is_cuda and torch.version.hip is None and not interpreting()  # NVIDIA only
+    use_ptx = x.is_cuda and torch.version.hip is None and not interpreting()  # NVIDIA only
+    meta["USE_PTX"] = use_ptx
     if gemv_layout:
         meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
     else:
         meta.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, EVEN_N=N % cfg.block_n == 0)
-    meta["PDL"] = pdl = x.is_cuda and USE_PDL and pdl_capable(x.device)
+    meta["PDL"] = pdl = use_ptx and USE_PDL and pdl_capable(x.device)
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
