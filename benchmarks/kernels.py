@@ -120,11 +120,14 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
 
 
 QUICK_SWEEP = False  # --quick-sweep: fewer stages and tile sizes
+SWEEP_MATCH: list[str] = []  # --sweep-match: only tiles whose name contains each piece
 
 
 def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     """The tile shapes the sweep tries (split-K is a run-time argument: it costs no compile)."""
     configs = _sweep_configs(m, g, layout)
+    if SWEEP_MATCH:  # only the tiles whose name has every given piece, e.g. "/BK256/" "/IK"
+        configs = [c for c in configs if all(piece in str(c) for piece in SWEEP_MATCH)]
     if QUICK_SWEEP:
         configs = [c for c in configs if c.num_stages == 3 and (c.block_m >= 16 or c.block_k >= 128)
                    and not (m > 16 and c.split_k == 1 and c.block_m >= 64 and c.num_warps == 8)]
@@ -150,8 +153,10 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
                     if bn * bk // 8 > 1024 * warps or bn * bk // 8 < 128 * warps:
                         continue
                     for prefetch in ((False, True) if m == 1 else (False,)):
-                        configs += [MatmulConfig(m, bn, bk, split, warps, 3, prefetch=prefetch)
-                                    for split in ((4, 8, 16, 32, 64) if m == 1 else (1, 2, 4, 8, 16, 32))]
+                        for interleave in ((False, True) if m == 1 else (False,)):
+                            configs += [MatmulConfig(m, bn, bk, split, warps, 3, prefetch=prefetch,
+                                                     interleave_k=interleave)
+                                        for split in ((4, 8, 16, 32, 64) if m == 1 else (1, 2, 4, 8, 16, 32))]
     if gemv and 2 < m <= 8:  # FMA with all M tokens in one program
         bm = 4 if m <= 4 else 8
         for bn in (32, 64, 128):
@@ -245,14 +250,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two shapes, four M")
     parser.add_argument("--ms", type=int, nargs="+", help="the table's M values (default: all)")
     parser.add_argument("--quick-sweep", action="store_true", help="fewer tile configurations")
+    parser.add_argument("--sweep-match", nargs="*", default=[],
+                        help="sweep only the tiles whose name contains each of these, e.g. /BK256/ /IK")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--only", nargs="*", help="contenders to run")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
-    global QUICK_SWEEP
-    QUICK_SWEEP = args.quick_sweep
+    global QUICK_SWEEP, SWEEP_MATCH
+    QUICK_SWEEP, SWEEP_MATCH = args.quick_sweep, args.sweep_match
     meta = {
         "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),

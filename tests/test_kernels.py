@@ -142,6 +142,11 @@ TILE_CONFIGS = [  # (layout, config): every family of tiles the kernels have
     ("gemv", MatmulConfig(16, 32, 32, 2)),  # tl.dot
     ("gemv", MatmulConfig(16, 64, 64, 1, w_first=True)),  # tl.dot, W @ x^T
     ("gemv", MatmulConfig(16, 32, 32, 3, w_first=True, prefetch=True)),  # next tile early, uneven split-K
+    ("gemv", MatmulConfig(1, 32, 64, 3, prefetch=True, interleave_k=True)),  # every 3rd K tile per split
+    ("gemv", MatmulConfig(1, 32, 128, 2, interleave_k=True)),  # tiles of two groups, interleaved
+    ("gemv", MatmulConfig(1, 64, 128, 3, prefetch=True)),  # tiles of two groups, next tile early
+    ("gemv", MatmulConfig(2, 32, 64, 3, interleave_k=True)),
+    ("gemv", MatmulConfig(16, 32, 32, 3, w_first=True, prefetch=True, interleave_k=True)),
     ("gemm", MatmulConfig(1, 64, 32, 2)),  # FMA
     ("gemm", MatmulConfig(16, 32, 64, 1)),  # tl.dot
     ("gemm", MatmulConfig(16, 32, 32, 3, prefetch=True)),  # next tile early, uneven split-K
@@ -164,7 +169,8 @@ def test_tile_configurations(layout: str, cfg: MatmulConfig) -> None:
 
 
 @pytest.mark.parametrize("cfg", [MatmulConfig(1, 32, 128, 1), MatmulConfig(1, 32, 128, 2), MatmulConfig(2, 32, 128, 1),
-                                 MatmulConfig(1, 32, 64, 2, prefetch=True)])
+                                 MatmulConfig(1, 32, 64, 2, prefetch=True),
+                                 MatmulConfig(1, 32, 64, 2, prefetch=True, interleave_k=True)])
 def test_last_tile_past_k_reads_no_x_beyond_k(cfg: MatmulConfig) -> None:
     """K = 320 with 128-wide tiles: the last tile is half outside; x's row goes on with junk."""
     k, n = 320, 72
@@ -177,9 +183,11 @@ def test_last_tile_past_k_reads_no_x_beyond_k(cfg: MatmulConfig) -> None:
 
 
 @pytest.mark.parametrize("cfg", [MatmulConfig(2, 64, 64, 1), MatmulConfig(1, 64, 64, 1, w_first=True),
-                                 MatmulConfig(2, 64, 64, 1, prefetch=True), MatmulConfig(16, 64, 256, 1)])
+                                 MatmulConfig(2, 64, 64, 1, prefetch=True), MatmulConfig(16, 64, 256, 1),
+                                 MatmulConfig(1, 64, 64, 2, interleave_k=True)])
 def test_impossible_tiles_are_refused(cfg: MatmulConfig) -> None:
-    """BLOCK_M = 2 on the GEMM layout, w_first or prefetch with its FMA path, a tl.dot tile wider than a group."""
+    """On the GEMM layout: BLOCK_M = 2, w_first or prefetch with its FMA path, a tl.dot tile wider
+    than a group, interleave_k."""
     packed = random_packed(*SHAPES[0], 64, "gemm", seed=2)
     with pytest.raises(ValueError):
         awq_linear(torch.randn(2, SHAPES[0][0], device=DEVICE, dtype=torch.float16), packed,

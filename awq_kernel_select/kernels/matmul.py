@@ -19,7 +19,10 @@ One kernel per packed layout; each serves both regimes, chosen by its meta-param
 * **GEMM regime** (batched decode, prefill): ``tl.dot`` tiles of 16-128 rows, with split-K
   where the tuned table says so (batched decode is still memory-bound).
 
-Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``. Launches go through ``launch.py``.
+Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``; with ``interleave_k`` (GEMV layout, the
+M = 1 tiles of the H100 table) ``(split_k, cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))``, split ``s``
+taking the K tiles ``s, s + split_k, ...``: the programs that run at one time then read
+neighbouring tiles of each packed row (benchmarks/m1_anatomy.py). Launches go through ``launch.py``.
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ class MatmulConfig:
     (``tl.dot``) computes ``out^T = W @ x^T`` so that the weight tile is the left
     operand; ``prefetch`` (the GEMV layout's one-token FMA path and the ``tl.dot`` paths of both
     layouts) loads the next tile's words (and its zeros and scales, for ``tl.dot``) one iteration
-    early."""
+    early. ``interleave_k`` (GEMV layout): split ``s`` takes the K tiles ``s, s + split_k, ...``
+    instead of one stretch of K, and the grid is launched in ``(k, m, n)`` order, so that the
+    programs running at one time read neighbouring tiles of each packed row [n, :]."""
 
     block_m: int
     block_n: int
@@ -70,11 +75,12 @@ class MatmulConfig:
     num_stages: int = 2
     w_first: bool = False
     prefetch: bool = False
+    interleave_k: bool = False
 
     def __str__(self) -> str:
         return (f"BM{self.block_m}/BN{self.block_n}/BK{self.block_k}/S{self.split_k}"
                 f"/w{self.num_warps}/s{self.num_stages}{'/WF' if self.w_first else ''}"
-                f"{'/PF' if self.prefetch else ''}")
+                f"{'/PF' if self.prefetch else ''}{'/IK' if self.interleave_k else ''}")
 
     def check(self, gemv_layout: bool, group_size: int) -> None:
         """Raise ``ValueError`` if the kernel cannot run this tile shape."""
@@ -97,6 +103,8 @@ class MatmulConfig:
                              "one-token FMA path (BLOCK_M = 1)")
         if self.w_first and fma:
             raise ValueError(f"{self}: w_first is for the tl.dot path (BLOCK_M >= 16)")
+        if self.interleave_k and not gemv_layout:
+            raise ValueError(f"{self}: interleave_k is for the GEMV layout (qweight [N, K/8])")
 
 
 # --- programmatic dependent launch --------------------------------------------------------------
@@ -137,11 +145,23 @@ def _emit_columns(acc, cols, rows, M, N, out_ptr, workspace_ptr, bias_ptr, strid
 
 
 @triton.jit
-def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, bias_ptr, stride_om,
+def _output_tile(GRID_K_FIRST: tl.constexpr):
+    """The number of this program's output tile: which split-K ticket it takes. (Read from the
+    program ids where it is needed: kept in a register through the K loop it cost the M = 16
+    tiles registers.)"""
+    if GRID_K_FIRST:  # grid (k, m, n)
+        return tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
+    else:  # grid (m, n, k)
+        return tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+
+
+@triton.jit
+def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, tile, bias_ptr, stride_om,
                     split_k, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """After this program's partial sums are in: the last split of the tile writes the output."""
+    """After this program's partial sums are in: the last split of output tile number ``tile``
+    writes the output."""
     tl.debug_barrier()  # every thread's partial sum is in before the ticket is taken
-    ticket_ptr = tickets_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    ticket_ptr = tickets_ptr + tile
     if tl.atomic_add(ticket_ptr, 1) == split_k - 1:
         mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
         partial_ptrs = workspace_ptr + offs_m[:, None] * N + offs_n[None, :]
@@ -271,6 +291,8 @@ def awq_gemm_layout_kernel(
     FMA: tl.constexpr = BLOCK_M == 1
     _let_next_kernel_start(PDL)
     _wait_for_previous_kernel(PDL)
+    # grid (m, n, k): neighbours in launch order take neighbouring column blocks, i.e. the
+    # neighbouring bytes of each packed row [k, :]
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -331,7 +353,8 @@ def awq_gemm_layout_kernel(
         _emit_columns(acc, offs_n[None, :], offs_m[:, None], M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
                       HAS_BIAS, USE_SPLIT_K)
     if USE_SPLIT_K:
-        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, bias_ptr, stride_om,
+        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, _output_tile(False), bias_ptr,
+                        stride_om,
                         split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
@@ -350,20 +373,32 @@ def awq_gemv_layout_kernel(
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_FIRST: tl.constexpr,
     EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    INTERLEAVE_K: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
     WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
     _let_next_kernel_start(PDL)
     if not WORDS_FIRST:
         _wait_for_previous_kernel(PDL)
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
+    if INTERLEAVE_K:  # grid (k, m, n): the splits of a row block are neighbours in launch order
+        pid_k = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        pid_n = tl.program_id(2)
+    else:  # grid (m, n, k)
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    k_start = pid_k * k_iters_per_split * BLOCK_K
-    k_end = tl.minimum(k_start + k_iters_per_split * BLOCK_K, K)
+    if INTERLEAVE_K:  # split s takes the K tiles s, s + split_k, s + 2 split_k, ...
+        k_start = pid_k * BLOCK_K
+        k_step = split_k * BLOCK_K
+        k_end = K
+    else:  # split s takes one stretch of K
+        k_start = pid_k * k_iters_per_split * BLOCK_K
+        k_step = BLOCK_K
+        k_end = tl.minimum(k_start + k_iters_per_split * BLOCK_K, K)
 
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
         if BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
@@ -387,12 +422,12 @@ def awq_gemv_layout_kernel(
             q_next, z_next, s_next, x_next = _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n,
                                                              mask_n, M, k_start, k_end, stride_xm, stride_qweight,
                                                              stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K, EVEN_K)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    for k0 in range(k_start, k_end, k_step):
         if FMA:  # nibble by nibble: no reshape, x gathered at stride 8
             offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
             if PREFETCH:  # this tile's words were loaded one iteration ago; load the next tile's
                 q = q_next
-                q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0 + BLOCK_K, k_end,
+                q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0 + k_step, k_end,
                                           stride_qweight, BLOCK_K, EVEN_K)
             else:
                 q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
@@ -434,7 +469,7 @@ def awq_gemv_layout_kernel(
             if PREFETCH:  # this tile was loaded one iteration ago; load the next one
                 q, z, s, x_t = q_next, z_next, s_next, x_next
                 q_next, z_next, s_next, x_next = _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m,
-                                                                 offs_n, mask_n, M, k0 + BLOCK_K, k_end, stride_xm,
+                                                                 offs_n, mask_n, M, k0 + k_step, k_end, stride_xm,
                                                                  stride_qweight, stride_qzeros, stride_scales,
                                                                  GROUP_SIZE, BLOCK_K, EVEN_K)
             else:
@@ -458,7 +493,8 @@ def awq_gemv_layout_kernel(
     _emit_columns(acc, offs_n[None, :], offs_m[:, None], M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
                   HAS_BIAS, USE_SPLIT_K)
     if USE_SPLIT_K:
-        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, bias_ptr, stride_om,
+        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, _output_tile(INTERLEAVE_K),
+                        bias_ptr, stride_om,
                         split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
@@ -471,12 +507,17 @@ def _cdiv(a: int, b: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _geometry(cfg: MatmulConfig, gemv_layout: bool, group_size: int, M: int, N: int, K: int
-              ) -> tuple[tuple[int, int, int], int]:
-    """The grid and the K iterations per split; checks the config (a failure is not cached)."""
+              ) -> tuple[tuple[int, int, int], int, int]:
+    """The grid (``(k, m, n)`` with ``interleave_k``, else ``(m, n, k)``), the K iterations per
+    split and the number of splits; checks the config (a failure is not cached)."""
     cfg.check(gemv_layout, group_size)
     k_iters = _cdiv(_cdiv(K, cfg.block_k), cfg.split_k)
     split_k = _cdiv(_cdiv(K, cfg.block_k), k_iters)  # no empty splits
-    return (_cdiv(M, cfg.block_m), _cdiv(N, cfg.block_n), split_k), k_iters
+    m_blocks, n_blocks = _cdiv(M, cfg.block_m), _cdiv(N, cfg.block_n)
+    grid = (split_k, m_blocks, n_blocks) if cfg.interleave_k else (m_blocks, n_blocks, split_k)
+    if max(grid[1:]) > 65535:  # CUDA's limit on a grid's 2nd and 3rd dimensions
+        raise ValueError(f"{cfg}: {m_blocks} x {n_blocks} output tiles; use larger tiles or the dequant path")
+    return grid, k_iters, split_k
 
 _WORKSPACES: dict[tuple[torch.device, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -529,14 +570,13 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     if K != in_features:
         raise ValueError(f"x has {K} features, the layer expects {in_features}")
     cfg = config
-    grid, k_iters = _geometry(cfg, gemv_layout, group_size, M, N, K)
-    split_k = grid[2]
+    grid, k_iters, split_k = _geometry(cfg, gemv_layout, group_size, M, N, K)
     if x.stride(-1) != 1:
         x = x.contiguous()
     dtype = out_dtype or x.dtype
     out = torch.empty(M, N, dtype=dtype, device=x.device)
     if split_k > 1:
-        workspace, tickets = _workspace(x.device, max(M, 16), N, grid[0] * grid[1])
+        workspace, tickets = _workspace(x.device, max(M, 16), N, grid[0] * grid[1] * grid[2] // split_k)
     else:
         workspace, tickets = out, out  # unused
     sizes = (M, N, K, k_iters, split_k,
@@ -551,6 +591,8 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     else:
         meta.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, EVEN_N=N % cfg.block_n == 0)
     meta["PDL"] = pdl = use_ptx and USE_PDL and pdl_capable(x.device)
+    if gemv_layout:
+        meta["INTERLEAVE_K"] = cfg.interleave_k
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
