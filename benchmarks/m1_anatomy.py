@@ -15,9 +15,12 @@ tile (``plan``), every rung adding one part of the real kernel:
 
 next to fp16 ``F.linear`` and the floor (packed bytes over the copy bandwidth). Same method as
 benchmarks/kernels.py: CUDA-graph replays over enough weight copies that none is served from
-L2, median of 30. ``--ncu`` instead launches each kernel once, for Nsight Compute::
+L2, median of 30. Other modes: ``--read-tiles`` (the read rung for tile rows of 64-512 bytes),
+``--ab`` (session 5's M = 1 tiles vs the shipped ones, timed in turn), ``--adopt SWEEP`` (the
+best M = 1 tile of a sweep vs the shipped one, the faster written into the shipped table) and
+``--ncu`` (each kernel launched once, for Nsight Compute)::
 
-    python benchmarks/m1_anatomy.py --out /tmp/anatomy          # ~1.5 min on an H100
+    python benchmarks/m1_anatomy.py --out /tmp/anatomy          # ~1 min on an H100
     ncu --clock-control none -k regex:awq_gemv_layout_kernel python benchmarks/m1_anatomy.py --ncu
 """
 
@@ -93,8 +96,11 @@ def stream_kernel(q_ptr, out_ptr, n_words, BLOCK: tl.constexpr, ITERS: tl.conste
     tl.store(out_ptr + pid, tl.sum(acc))
 
 
-def ladder(q: torch.Tensor, n: int, k: int, cfg: Any, load: bool, atomics: bool, k_first: bool = True
-           ) -> torch.Tensor:
+def ladder(q: torch.Tensor, n: int, k: int, cfg: MatmulConfig, load: bool, atomics: bool,
+           k_first: bool | None = None) -> torch.Tensor:
+    """One rung with ``cfg``'s grid and tile; ``k_first``: the interleaved (k, m, n) order (default:
+    as ``cfg.interleave_k``)."""
+    k_first = cfg.interleave_k if k_first is None else k_first
     k8 = k // 8
     bk8 = cfg.block_k // 8
     iters = -(-k8 // bk8)
@@ -122,7 +128,7 @@ def stream(q: torch.Tensor, block: int, iters: int, warps: int) -> torch.Tensor:
     return out
 
 
-READ_TILES = [MatmulConfig(1, bn, bk, split, warps, 3) for bn, bk, split, warps in
+READ_TILES = [MatmulConfig(1, bn, bk, split, warps, 3, interleave_k=True) for bn, bk, split, warps in
               ((128, 128, 16, 4), (128, 256, 16, 4), (128, 256, 8, 4), (256, 256, 8, 8), (64, 256, 16, 4),
                (64, 512, 8, 4), (128, 512, 8, 8), (32, 1024, 4, 4))]
 
@@ -270,8 +276,9 @@ def main() -> None:
         t: dict[str, float] = {}
         t["fp16"] = time_graph([lambda op=op: op(x) for op in fp16], reps=30).median_us
         t["empty"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, False, False) for p in packs]).median_us
-        t["read_n_first"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, True, False, False)
-                                        for p in packs]).median_us
+        if cfg.interleave_k:
+            t["read_n_first"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, True, False, False)
+                                            for p in packs]).median_us
         t["read"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, True, False) for p in packs]).median_us
         t["read+atomics"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, True, True)
                                         for p in packs]).median_us

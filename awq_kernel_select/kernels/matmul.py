@@ -146,9 +146,9 @@ def _emit_columns(acc, cols, rows, M, N, out_ptr, workspace_ptr, bias_ptr, strid
 
 @triton.jit
 def _output_tile(GRID_K_FIRST: tl.constexpr):
-    """The number of this program's output tile: which split-K ticket it takes. (Read from the
-    program ids where it is needed: kept in a register through the K loop it cost the M = 16
-    tiles registers.)"""
+    """The number of this program's output tile: which split-K ticket it takes. Computed where
+    it is used, after the K loop: held in a register through the loop, it cost the M = 16
+    tiles ~10 registers (local SASS)."""
     if GRID_K_FIRST:  # grid (k, m, n)
         return tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
     else:  # grid (m, n, k)
@@ -353,9 +353,8 @@ def awq_gemm_layout_kernel(
         _emit_columns(acc, offs_n[None, :], offs_m[:, None], M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
                       HAS_BIAS, USE_SPLIT_K)
     if USE_SPLIT_K:
-        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, _output_tile(False), bias_ptr,
-                        stride_om,
-                        split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
+        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, _output_tile(False),
+                        bias_ptr, stride_om, split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
 # --- GEMV layout: qweight [N, K/8] -------------------------------------------------------------
@@ -494,8 +493,7 @@ def awq_gemv_layout_kernel(
                   HAS_BIAS, USE_SPLIT_K)
     if USE_SPLIT_K:
         _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, _output_tile(INTERLEAVE_K),
-                        bias_ptr, stride_om,
-                        split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
+                        bias_ptr, stride_om, split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
 # --- launcher ----------------------------------------------------------------------------------
