@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -152,11 +153,10 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
                 for warps in (4, 8):
                     if bn * bk // 8 > 1024 * warps or bn * bk // 8 < 128 * warps:
                         continue
-                    for prefetch in ((False, True) if m == 1 else (False,)):
-                        for interleave in ((False, True) if m == 1 else (False,)):
-                            configs += [MatmulConfig(m, bn, bk, split, warps, 3, prefetch=prefetch,
-                                                     interleave_k=interleave)
-                                        for split in ((4, 8, 16, 32, 64) if m == 1 else (1, 2, 4, 8, 16, 32))]
+                    options = (False, True) if m == 1 else (False,)  # prefetch and interleave_k: M = 1 only
+                    configs += [MatmulConfig(m, bn, bk, split, warps, 3, prefetch=prefetch, interleave_k=interleave)
+                                for prefetch, interleave in itertools.product(options, options)
+                                for split in ((4, 8, 16, 32, 64) if m == 1 else (1, 2, 4, 8, 16, 32))]
     if gemv and 2 < m <= 8:  # FMA with all M tokens in one program
         bm = 4 if m <= 4 else 8
         for bn in (32, 64, 128):

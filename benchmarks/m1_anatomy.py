@@ -27,6 +27,7 @@ best M = 1 tile of a sweep vs the shipped one, the faster written into the shipp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -46,30 +47,28 @@ from awq_kernel_select import layouts as L  # noqa: E402
 from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph  # noqa: E402
 from awq_kernel_select.kernels import awq_linear  # noqa: E402
 from awq_kernel_select.kernels.dispatch import DEFAULT_DISPATCH, plan  # noqa: E402
-from awq_kernel_select.kernels.matmul import MatmulConfig, _finish_split_k, _workspace  # noqa: E402
+from awq_kernel_select.kernels.matmul import MatmulConfig, _finish_split_k, _geometry, _workspace  # noqa: E402
 
 
 @triton.jit
 def read_tiles_kernel(q_ptr, out_ptr, workspace_ptr, tickets_ptr, N, K8, k8_per_split, split_k, stride_q,
                       BLOCK_N: tl.constexpr, BLOCK_K8: tl.constexpr, LOAD: tl.constexpr, ATOMICS: tl.constexpr,
                       K_FIRST: tl.constexpr):
-    if K_FIRST:  # grid (k, 1, n): the splits of one row block are neighbours in launch order
+    if K_FIRST:  # interleave_k: grid (k, 1, n), split s reads tiles s, s + split_k, ...
         pid_k = tl.program_id(0)
         pid_n = tl.program_id(2)
-    else:  # grid (1, n, k): session 5's order
-        pid_n = tl.program_id(1)
-        pid_k = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.int32)
-    if K_FIRST:  # split s reads tiles s, s + split_k, ... (the kernel's order since session 6)
         k_start = pid_k * BLOCK_K8
         k_end = K8
         k_step = split_k * BLOCK_K8
-    else:  # split s reads one stretch of K (session 5)
+    else:  # grid (1, n, k), split s reads one stretch of K (session 5)
+        pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
         k_start = pid_k * k8_per_split
         k_end = tl.minimum(k_start + k8_per_split, K8)
         k_step = BLOCK_K8
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_N, BLOCK_K8), dtype=tl.int32)
     if LOAD:
         for k0 in range(k_start, k_end, k_step):
             offs_k = k0 + tl.arange(0, BLOCK_K8)
@@ -96,26 +95,19 @@ def stream_kernel(q_ptr, out_ptr, n_words, BLOCK: tl.constexpr, ITERS: tl.conste
     tl.store(out_ptr + pid, tl.sum(acc))
 
 
-def ladder(q: torch.Tensor, n: int, k: int, cfg: MatmulConfig, load: bool, atomics: bool,
-           k_first: bool | None = None) -> torch.Tensor:
-    """One rung with ``cfg``'s grid and tile; ``k_first``: the interleaved (k, m, n) order (default:
-    as ``cfg.interleave_k``)."""
-    k_first = cfg.interleave_k if k_first is None else k_first
-    k8 = k // 8
+def ladder(q: torch.Tensor, n: int, k: int, cfg: MatmulConfig, load: bool, atomics: bool) -> torch.Tensor:
+    """One rung with the kernel's grid, splits and K order for ``cfg`` (M = 1)."""
+    grid, k_iters, split_k = _geometry(cfg, True, GROUP, 1, n, k)
+    n_blocks = grid[2] if cfg.interleave_k else grid[1]
     bk8 = cfg.block_k // 8
-    iters = -(-k8 // bk8)
-    per_split = -(-iters // cfg.split_k)
-    split_k = -(-iters // per_split)
-    n_blocks = -(-n // cfg.block_n)
-    grid = (split_k, 1, n_blocks) if k_first else (1, n_blocks, split_k)
     if atomics:
         out = torch.empty(1, n, dtype=torch.float16, device=q.device)
         ws, tickets = _workspace(q.device, 16, n, n_blocks)
     else:
         out = torch.empty(split_k, n, dtype=torch.float16, device=q.device)
         ws = tickets = out
-    read_tiles_kernel[grid](q, out, ws, tickets, n, k8, per_split * bk8, split_k, q.stride(0),
-                            BLOCK_N=cfg.block_n, BLOCK_K8=bk8, LOAD=load, ATOMICS=atomics, K_FIRST=k_first,
+    read_tiles_kernel[grid](q, out, ws, tickets, n, k // 8, k_iters * bk8, split_k, q.stride(0),
+                            BLOCK_N=cfg.block_n, BLOCK_K8=bk8, LOAD=load, ATOMICS=atomics, K_FIRST=cfg.interleave_k,
                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
@@ -192,14 +184,15 @@ def interleave_ab(shapes: list[tuple[int, int]], out: Path, rounds: int = 3) -> 
 
 
 def adopt(shapes: list[tuple[int, int]], sweep_json: Path, out: Path, rounds: int = 3) -> None:
-    """The GEMV layout's M = 1 entry of the shipped tuned table vs the best of a sweep (``tuned-gemv.json``),
-    timed in turn; the faster (by median of ``rounds``) goes into the shipped table."""
-    import dataclasses
+    """The GEMV layout's M = 1 entry of this GPU's shipped tuned table vs the best of a sweep
+    (``tuned-gemv.json``), timed in turn; the faster (by median of ``rounds``) goes into the
+    shipped table."""
     import statistics
 
     from awq_kernel_select.kernels import dispatch
 
-    table_path = Path(dispatch.__file__).parent / "tuned" / "nvidia-h100-80gb-hbm3.json"
+    gpu = torch.cuda.get_device_name()
+    table_path = next(p for p in dispatch.TUNED_DIR.glob("*.json") if json.loads(p.read_text()).get("gpu") == gpu)
     table = json.loads(table_path.read_text())
     swept = {(e["K"], e["N"]): MatmulConfig(**e["config"]) for e in json.loads(sweep_json.read_text())["entries"]
              if e["layout"] == "gemv" and e["M"] == 1}
@@ -277,7 +270,8 @@ def main() -> None:
         t["fp16"] = time_graph([lambda op=op: op(x) for op in fp16], reps=30).median_us
         t["empty"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, False, False) for p in packs]).median_us
         if cfg.interleave_k:
-            t["read_n_first"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, True, False, False)
+            session5_order = dataclasses.replace(cfg, interleave_k=False)
+            t["read_n_first"] = time_graph([lambda p=p: ladder(p.qweight, n, k, session5_order, True, False)
                                             for p in packs]).median_us
         t["read"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, True, False) for p in packs]).median_us
         t["read+atomics"] = time_graph([lambda p=p: ladder(p.qweight, n, k, cfg, True, True)

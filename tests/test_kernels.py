@@ -257,17 +257,16 @@ def test_shipped_tuned_tables_hold_only_tiles_the_kernels_accept() -> None:
     """Every entry of every shipped table is a tile its layout's kernel runs at its shape (a bad
     entry would only fail on that GPU, at that shape); its path, if any, is one auto may take."""
     import json
-    from pathlib import Path
 
     from awq_kernel_select.kernels import dispatch
     from awq_kernel_select.kernels.matmul import _geometry
 
-    tables = sorted((Path(dispatch.__file__).parent / "tuned").glob("*.json"))
+    tables = sorted(dispatch.TUNED_DIR.glob("*.json"))
     assert tables
     for table in tables:
         for e in json.loads(table.read_text())["entries"]:
             cfg = MatmulConfig(**e["config"])
-            grid, _, split_k = _geometry(cfg, e["layout"] == "gemv", e["G"], e["M"], e["N"], e["K"])
+            _, _, split_k = _geometry(cfg, e["layout"] == "gemv", e["G"], e["M"], e["N"], e["K"])
             assert 1 <= split_k <= cfg.split_k, (table.name, e)
             assert e.get("path") in (None, "gemm", "dequant"), (table.name, e)
 

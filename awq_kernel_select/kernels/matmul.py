@@ -379,25 +379,23 @@ def awq_gemv_layout_kernel(
     _let_next_kernel_start(PDL)
     if not WORDS_FIRST:
         _wait_for_previous_kernel(PDL)
-    if INTERLEAVE_K:  # grid (k, m, n): the splits of a row block are neighbours in launch order
-        pid_k = tl.program_id(0)
+    if INTERLEAVE_K:  # grid (k, m, n), the splits of a row block side by side in launch order;
+        pid_k = tl.program_id(0)  # split s takes the K tiles s, s + split_k, s + 2 split_k, ...
         pid_m = tl.program_id(1)
         pid_n = tl.program_id(2)
-    else:  # grid (m, n, k)
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        pid_k = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    if INTERLEAVE_K:  # split s takes the K tiles s, s + split_k, s + 2 split_k, ...
         k_start = pid_k * BLOCK_K
         k_step = split_k * BLOCK_K
         k_end = K
-    else:  # split s takes one stretch of K
+    else:  # grid (m, n, k); split s takes one stretch of K
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
         k_start = pid_k * k_iters_per_split * BLOCK_K
         k_step = BLOCK_K
         k_end = tl.minimum(k_start + k_iters_per_split * BLOCK_K, K)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
 
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
         if BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
