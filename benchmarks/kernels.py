@@ -40,6 +40,7 @@ from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
 
 SHAPES_7B = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N)
 SHAPES_70B = [(8192, 8192), (8192, 28672), (28672, 8192)]
+SHAPE_SETS = {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B, "two": [(4096, 11008), (8192, 28672)]}
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096]
 GROUP = 128
 
@@ -76,7 +77,7 @@ FORCED_RANGE = {"gemv": (1, 64), "gemm": (2, 4096), "dequant": (16, 4096)}
 def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     bandwidth = copy_bandwidth()
     print(f"device-to-device copy bandwidth: {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
-    shapes = SHAPES_7B + SHAPES_70B if not args.quick else [(4096, 11008), (8192, 28672)]
+    shapes = SHAPE_SETS["two" if args.quick else args.shapes]
     ms = args.ms or (MS if not args.quick else [1, 16, 256, 1024])
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -117,6 +118,11 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         del built
         torch.cuda.empty_cache()
         print(f"{k}x{n}: done ({copies} copies)", flush=True)
+        # after every shape, so that a run cut short by a time limit still leaves its rows
+        partial = {"bandwidth_Bps": bandwidth, "rows": rows, "errors": errors, "partial_through": f"{k}x{n}"}
+        (out_dir / "kernels.partial.json.tmp").write_text(json.dumps(partial, indent=1))
+        (out_dir / "kernels.partial.json.tmp").replace(out_dir / "kernels.partial.json")
+    (out_dir / "kernels.partial.json").unlink(missing_ok=True)
     return {"bandwidth_Bps": bandwidth, "rows": rows, "errors": errors}
 
 
@@ -196,8 +202,7 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     from awq_kernel_select.kernels.dispatch import pick_config
 
     results, entries = [], []
-    shapes = {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B,
-              "two": [(4096, 11008), (8192, 28672)]}[args.shapes]
+    shapes = SHAPE_SETS[args.shapes]
     for k, n in shapes:
         copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
         layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
@@ -246,7 +251,7 @@ def main() -> None:
     parser.add_argument("--sweep-ms", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument("--layouts", nargs="+", default=["gemm", "gemv"])
     parser.add_argument("--sweep-ms-gemv", type=int, nargs="*", help="M values for the GEMV layout")
-    parser.add_argument("--shapes", default="all", choices=["all", "7b", "70b", "two"])
+    parser.add_argument("--shapes", default="all", choices=list(SHAPE_SETS), help="the layer shapes (table and sweep)")
     parser.add_argument("--quick", action="store_true", help="two shapes, four M")
     parser.add_argument("--ms", type=int, nargs="+", help="the table's M values (default: all)")
     parser.add_argument("--quick-sweep", action="store_true", help="fewer tile configurations")

@@ -146,9 +146,13 @@ def _emit_columns(acc, cols, rows, M, N, out_ptr, workspace_ptr, bias_ptr, strid
 
 @triton.jit
 def _output_tile(GRID_K_FIRST: tl.constexpr):
-    """The number of this program's output tile: which split-K ticket it takes. Computed where
-    it is used, after the K loop: held in a register through the loop, it cost the M = 16
-    tiles ~10 registers (local SASS)."""
+    """The number of this program's output tile: which split-K ticket it takes.
+
+    Where it is computed changes the K loop's SASS. The GEMM layout computes it after the loop:
+    held in a register through the loop it cost the M = 16 tiles ~10 registers. The GEMV layout
+    computes it before the loop: after it, the M = 1 tiles that prefetch and interleave K ran
+    12-23% slower on the H100 (same registers; ``benchmarks/build_ab.py``), and its M = 16 tiles
+    time the same either way."""
     if GRID_K_FIRST:  # grid (k, m, n)
         return tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
     else:  # grid (m, n, k)
@@ -396,6 +400,7 @@ def awq_gemv_layout_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
+    tile = _output_tile(INTERLEAVE_K)  # here, not after the loop: see _output_tile
 
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
         if BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
@@ -490,7 +495,7 @@ def awq_gemv_layout_kernel(
     _emit_columns(acc, offs_n[None, :], offs_m[:, None], M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
                   HAS_BIAS, USE_SPLIT_K)
     if USE_SPLIT_K:
-        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, _output_tile(INTERLEAVE_K),
+        _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, tile,
                         bias_ptr, stride_om, split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
