@@ -3,6 +3,7 @@
 from .detect import ComputeCapability, Detection, GpuInfo, detect_compute_capability
 from .policy import DEFAULT_TABLE, KernelSpec, PolicyTable, register_kernel
 from .probes import Target, Verdict, register_probe
+from .fuse import FuseReport, fuse_projections
 from .load import load_quantized
 from .quantize import QuantizeReport, quantize
 from .select import INTERACTIVE, SERVING, NoKernelError, Selection, Workload, select_kernel
@@ -17,6 +18,7 @@ __all__ = [
     "ComputeCapability",
     "DEFAULT_TABLE",
     "Detection",
+    "FuseReport",
     "GpuInfo",
     "INTERACTIVE",
     "KernelSpec",
@@ -29,6 +31,7 @@ __all__ = [
     "Verdict",
     "Workload",
     "detect_compute_capability",
+    "fuse_projections",
     "load_quantized",
     "quantize",
     "register_kernel",

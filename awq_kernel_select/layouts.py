@@ -191,6 +191,23 @@ def convert(w: PackedWeights, layout: str) -> PackedWeights:
     raise ValueError(f"no lossless conversion from {w.layout} to {layout}")
 
 
+def concat_out_features(parts: list[PackedWeights]) -> PackedWeights:
+    """One layer whose output is the outputs of ``parts`` side by side (same input, layout and
+    group size): the buffers are concatenated along N, which both layouts store per column
+    (GEMM: the last dimension, GEMV: the first)."""
+    first = parts[0]
+    for part in parts[1:]:
+        if (part.layout, part.in_features, part.group_size) != (first.layout, first.in_features, first.group_size):
+            raise ValueError(f"cannot concatenate a {part.layout} layer of {part.in_features} inputs, group "
+                             f"{part.group_size} with a {first.layout} layer of {first.in_features}, group "
+                             f"{first.group_size}")
+    dim = 1 if first.layout == "gemm" else 0
+    qweight, qzeros, scales = (torch.cat([getattr(p, name) for p in parts], dim=dim)
+                               for name in ("qweight", "qzeros", "scales"))
+    return PackedWeights(first.layout, qweight, qzeros, scales, first.in_features,
+                         sum(p.out_features for p in parts), first.group_size)
+
+
 def integers(w: PackedWeights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``intweight [N, K]``, ``zeros [N, K/G]``, ``scales [N, K/G]`` of either layout."""
     groups = w.in_features // w.group_size

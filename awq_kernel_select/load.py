@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .detect import detect_compute_capability
+from .fuse import fuse_projections
 from .modules import LAYOUT_CLASSES, AWQLinear, set_layout, set_path
 from .select import VERSIONS, Selection, select_kernel
 
@@ -146,6 +147,9 @@ def load_quantized(
     ``awq_kernel_layers`` (layer name -> kernel), and each layer module says its kernel.
     ``layout`` ("gemm" or "gemv") holds the weights in that layout whatever the kernel (this
     library's kernels read both), e.g. to run a GEMM checkpoint on GEMV-layout weights.
+    ``fuse_layers=True`` (as in ``from_quantized``) fuses each q/k/v and gate/up group into one
+    packed linear (:func:`~awq_kernel_select.fuse.fuse_projections`; the wrapper carries
+    ``awq_fuse_report``); the model's own modules run unchanged.
     """
     if layout not in (None, "gemm", "gemv"):
         raise ValueError(f"layout={layout!r}: use 'gemm', 'gemv' or None (the selected kernel's)")
@@ -163,8 +167,13 @@ def load_quantized(
             raise ValueError(f"{selection.name} needs a {selection.layout} checkpoint; this one is {info.version}")
         wrapper = _load_with_ours(info, dev, selection, selection.layout, from_quantized_kwargs)
         hand_to_autoawq(wrapper.model, AUTOAWQ_MODULES[selection.name])
+        if from_quantized_kwargs.get("fuse_layers"):
+            warnings.warn(f"fuse_layers is ignored with {selection.name}: AutoAWQ's fused modules need awq_ext; "
+                          "this library's kernels fuse (kernel='auto' or an aks_* row)", stacklevel=2)
     else:
         wrapper = _load_with_ours(info, dev, selection, layout, from_quantized_kwargs)
+        if from_quantized_kwargs.get("fuse_layers"):
+            wrapper.awq_fuse_report = fuse_projections(wrapper.model)
     wrapper.awq_kernel_selection = selection
     wrapper.awq_kernel_layers = kernels_in(wrapper.model)
     return wrapper
@@ -223,8 +232,6 @@ def _load_with_ours(info: CheckpointInfo, device: torch.device, selection: Selec
     unsupported = set(kwargs) - {"torch_dtype", "trust_remote_code", "max_seq_len", "fuse_layers"}
     if unsupported:
         raise TypeError(f"load_quantized with this library's kernels does not take {sorted(unsupported)}")
-    if kwargs.get("fuse_layers"):
-        warnings.warn("fuse_layers is ignored: AutoAWQ's fused modules need awq_ext", stacklevel=3)
     if info.model_type not in AWQ_CAUSAL_LM_MODEL_MAP:
         raise CheckpointError(f"{info.path / 'config.json'}: model_type {info.model_type!r} is not supported by AutoAWQ")
     if info.version not in LAYOUT_CLASSES:

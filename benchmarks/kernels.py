@@ -40,7 +40,9 @@ from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
 
 SHAPES_7B = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N)
 SHAPES_70B = [(8192, 8192), (8192, 28672), (28672, 8192)]
-SHAPE_SETS = {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B, "two": [(4096, 11008), (8192, 28672)]}
+SHAPES_7B_FUSED = [(4096, 12288), (4096, 22016)]  # q/k/v and gate/up as one linear each (awq_kernel_select.fuse)
+SHAPE_SETS = {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B, "two": [(4096, 11008), (8192, 28672)],
+              "7b-fused": SHAPES_7B_FUSED}
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096]
 GROUP = 128
 

@@ -7,6 +7,9 @@
     from awq_kernel_select import load_quantized
     model = load_quantized(path, fuse_layers=False)
 
+fuse_layers=True (AutoAWQ's default) works too: with this library's kernels it fuses q/k/v and
+gate/up into one packed linear each (faster decode; save the model before fusing, not after).
+
 Run with a checkpoint folder: python examples/replace_from_quantized.py PATH
 """
 

@@ -103,6 +103,16 @@ def test_gemm_checkpoint_and_its_gemv_conversion_give_identical_logits(gemm_ckpt
             assert torch.equal(getattr(module, buf), getattr(original[name], buf)), (name, buf)
 
 
+def test_fuse_layers_fuses_our_linears_and_keeps_the_logits(gemm_ckpt: Path) -> None:
+    """``fuse_layers=True`` (from_quantized's flag) fuses q/k/v and gate/up instead of being ignored."""
+    plain = load_quantized(gemm_ckpt, device="cpu")
+    fused = load_quantized(gemm_ckpt, device="cpu", fuse_layers=True)
+    assert fused.awq_fuse_report.fused and not fused.awq_fuse_report.skipped
+    assert any(name.endswith("qkv_proj.linear") for name in kernels_in(fused.model))
+    a, b = logits(plain, IDS).double(), logits(fused, IDS).double()
+    assert float((a - b).norm() / a.norm()) < 1e-3
+
+
 def test_loaded_model_generates(gemm_ckpt: Path) -> None:
     wrapper = load_quantized(gemm_ckpt, device=torch.device("cpu"))
     out = wrapper.generate(IDS, attention_mask=torch.ones_like(IDS), max_new_tokens=4, do_sample=False,

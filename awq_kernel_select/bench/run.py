@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..fuse import fuse_projections
 from ..measured import MeasuredCrossover, save_crossover
 from ..modules import set_layout, set_path
 from ..probes import check
@@ -33,6 +34,7 @@ class BenchConfig:
     save_measured: bool = True
     compile: bool | None = None  # also time the decode step under torch.compile; None: on a GPU only
     compile_backend: str = "inductor"
+    fuse: bool = True  # also time aks_gemv with q/k/v and gate/up fused (fuse_projections); GPU only
     progress: Callable[[str], None] = print
 
 
@@ -116,6 +118,10 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         import copy
 
         variants["aks_gemv"] = set_layout(copy.deepcopy(quantized), "gemv")
+        if cfg.fuse:
+            fused = copy.deepcopy(variants["aks_gemv"])
+            fuse_projections(fused)
+            variants["aks_gemv_fused"] = fused
         twin = _autoawq_gemm_copy(quantized)
         if isinstance(twin, str):
             notes.append(f"autoawq_gemm not measured: {twin}")
@@ -153,7 +159,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     cross = crossover(sweep) if on_gpu else None
 
     if cfg.compile if cfg.compile is not None else on_gpu:
-        for name in [v for v in ("fp16", "aks_gemv", "torch_dequant") if v in variants]:
+        for name in [v for v in ("fp16", "aks_gemv", "aks_gemv_fused", "torch_dequant") if v in variants]:
             say(f"torch.compile: {name} (whole model, fullgraph; ~30 s) ...")
             result = measure_compiled(variants[name], f"{name}+compile", prompt_len=cfg.prompt_len if on_gpu else 16,
                                       reps=cfg.reps if on_gpu else 3, graph=cfg.graph, backend=cfg.compile_backend)
