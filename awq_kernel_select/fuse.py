@@ -19,7 +19,6 @@ after loading, and save before fusing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -92,14 +91,10 @@ class FuseReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _fusable(parts: list[Any]) -> str | None:
-    """Why these projections cannot share one packed linear (None if they can)."""
-    if not all(isinstance(p, AWQLinear) for p in parts):
-        return "not all of them are this library's packed linears"
-    first = parts[0]
-    assert isinstance(first, AWQLinear)
-    for p in parts[1:]:
-        assert isinstance(p, AWQLinear)
+def _incompatible(linears: list[AWQLinear]) -> str | None:
+    """Why these packed linears cannot share one (None if they can)."""
+    first = linears[0]
+    for p in linears[1:]:
         if (p.layout, p.in_features, p.group_size, p.path, p.dispatch) != (
                 first.layout, first.in_features, first.group_size, first.path, first.dispatch):
             return "their layouts, input sizes, group sizes or kernel paths differ"
@@ -121,16 +116,18 @@ def fuse_projections(model: nn.Module) -> FuseReport:
             if all(p is None for p in parts):
                 continue
             where = f"{name}.{fused_name}" if name else fused_name
+            linears = [p for p in parts if isinstance(p, AWQLinear)]
             if hasattr(module, fused_name):
                 why: str | None = f"the module already has a {fused_name}"
             elif any(p is None for p in parts):
                 why = "some of " + ", ".join(names) + " are missing"
+            elif len(linears) < len(parts):
+                why = "not all of them are this library's packed linears"
             else:
-                why = _fusable(parts)
+                why = _incompatible(linears)
             if why is not None:
                 report.skipped[where] = why
                 continue
-            linears = [p for p in parts if isinstance(p, AWQLinear)]
             packed = layouts.concat_out_features([p.packed() for p in linears])
             bias = None
             if any(p.bias is not None for p in linears):

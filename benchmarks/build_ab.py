@@ -15,6 +15,7 @@ each tile is checked against a float64 reference first. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import statistics
@@ -28,10 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels import GROUP, SHAPES_7B, SHAPES_70B, make_layer, packed_bytes  # noqa: E402
+from kernels import GROUP, SHAPES_7B, SHAPES_70B  # noqa: E402
+from m1_anatomy import time_in_turn  # noqa: E402
 
 from awq_kernel_select import layouts as L  # noqa: E402
-from awq_kernel_select.bench.timing import copies_to_evict_l2, time_graph  # noqa: E402
 from awq_kernel_select.kernels import matmul  # noqa: E402
 from awq_kernel_select.kernels.dispatch import DEFAULT_DISPATCH, plan  # noqa: E402
 
@@ -63,23 +64,16 @@ def main() -> None:
     gemv = args.layout == "gemv"
     for m in args.ms:
         for k, n in SHAPES_7B + SHAPES_70B:
-            packs = [L.pack(*make_layer(k, n, GROUP, seed), GROUP, args.layout)
-                     for seed in range(copies_to_evict_l2(packed_bytes(k, n, GROUP)))]
-            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            ref = x.double() @ L.dequantize(packs[0], torch.float64).t()
-            _, cfg = plan(x.device, args.layout, m, n, k, GROUP, "auto", DEFAULT_DISPATCH)
+            _, cfg = plan(torch.device("cuda", torch.cuda.current_device()), args.layout, m, n, k, GROUP, "auto",
+                          DEFAULT_DISPATCH)
 
-            def call(build: ModuleType, p: L.PackedWeights) -> torch.Tensor:
+            def call(build: ModuleType, x: torch.Tensor, p: L.PackedWeights) -> torch.Tensor:
                 out, _ = build.awq_matmul_with_replay(x, p.qweight, p.qzeros, p.scales, None, gemv, k, n, GROUP,
                                                       build.MatmulConfig(**vars(cfg)), None)
                 return out
 
-            errors = {name: float((call(b, packs[0]).double() - ref).norm() / ref.norm()) for name, b in builds.items()}
-            assert max(errors.values()) < 1e-3, (k, n, m, errors)
-            us: dict[str, list[float]] = {name: [] for name in builds}
-            for _ in range(args.rounds):
-                for name, build in builds.items():
-                    us[name].append(time_graph([lambda p=p, b=build: call(b, p) for p in packs]).median_us)
+            us, errors = time_in_turn(k, n, {name: functools.partial(call, b) for name, b in builds.items()},
+                                      args.rounds, m, args.layout)
             result["rows"].append(dict(K=k, N=n, M=m, config=str(cfg), us=us, rel_err=errors))
             print(f"M={m} {k}x{n} {cfg}: " + "; ".join(f"{name} {statistics.median(v):.1f} us"
                                                         for name, v in us.items()), flush=True)

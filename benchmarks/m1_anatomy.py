@@ -31,7 +31,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import triton
@@ -151,21 +151,30 @@ SESSION5_M1 = {(4096, 4096): MatmulConfig(1, 256, 128, 32, 8, 3), (4096, 11008):
                (28672, 8192): MatmulConfig(1, 256, 128, 8, 8, 3, prefetch=True)}
 
 
-def time_in_turn(k: int, n: int, configs: dict[str, MatmulConfig], rounds: int) -> dict[str, list[float]]:
-    """Each M = 1 tile checked against float64, then timed ``rounds`` times, the tiles in turn."""
-    packs = [L.pack(*make_layer(k, n, GROUP, s), GROUP, "gemv")
+#: One way to compute a layer: ``(x, packed) -> x @ W^T`` (a tile of ours, another build, ...).
+Call = Callable[[torch.Tensor, L.PackedWeights], torch.Tensor]
+
+
+def tile_calls(configs: dict[str, MatmulConfig]) -> dict[str, Call]:
+    """``awq_linear`` with each of ``configs``."""
+    return {name: (lambda x, p, c=cfg: awq_linear(x, p, None, config=c)) for name, cfg in configs.items()}
+
+
+def time_in_turn(k: int, n: int, calls: dict[str, Call], rounds: int, m: int = 1, layout: str = "gemv"
+                 ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each call checked against float64 (relative error below 1e-3), then timed ``rounds``
+    times, the calls in turn; returns the times (us per round) and the errors."""
+    packs = [L.pack(*make_layer(k, n, GROUP, s), GROUP, layout)
              for s in range(copies_to_evict_l2(packed_bytes(k, n, GROUP)))]
-    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     ref = x.double() @ L.dequantize(packs[0], torch.float64).t()
-    for cfg in configs.values():
-        err = float((awq_linear(x, packs[0], None, config=cfg).double() - ref).norm() / ref.norm())
-        assert err < 1e-3, (k, n, cfg, err)
-    t: dict[str, list[float]] = {name: [] for name in configs}
+    errors = {name: float((call(x, packs[0]).double() - ref).norm() / ref.norm()) for name, call in calls.items()}
+    assert max(errors.values()) < 1e-3, (k, n, m, errors)
+    t: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
-        for name, cfg in configs.items():
-            t[name].append(time_graph([lambda p=p, c=cfg: awq_linear(x, p, None, config=c)
-                                       for p in packs]).median_us)
-    return t
+        for name, call in calls.items():
+            t[name].append(time_graph([lambda p=p, c=call: c(x, p) for p in packs]).median_us)
+    return t, errors
 
 
 def interleave_ab(shapes: list[tuple[int, int]], out: Path, rounds: int = 3) -> None:
@@ -176,7 +185,7 @@ def interleave_ab(shapes: list[tuple[int, int]], out: Path, rounds: int = 3) -> 
         _, tuned = plan(torch.device("cuda", torch.cuda.current_device()), "gemv", 1, n, k, GROUP, "auto",
                         DEFAULT_DISPATCH)
         configs = {"session5": SESSION5_M1[(k, n)], "tuned": tuned}
-        t = time_in_turn(k, n, configs, rounds)
+        t, _ = time_in_turn(k, n, tile_calls(configs), rounds)
         rows.append(dict(K=k, N=n, **{name: dict(config=str(configs[name]), us=t[name]) for name in configs}))
         print(f"{k}x{n}: " + "; ".join(f"{name} {configs[name]} " + "/".join(f"{us:.1f}" for us in t[name])
                                        for name in configs), flush=True)
@@ -200,7 +209,7 @@ def adopt(shapes: list[tuple[int, int]], sweep_json: Path, out: Path, rounds: in
     for k, n in shapes:
         entry = next(e for e in table["entries"] if (e["layout"], e["K"], e["N"], e["M"]) == ("gemv", k, n, 1))
         configs = {"shipped": MatmulConfig(**entry["config"]), "swept": swept[(k, n)]}
-        t = time_in_turn(k, n, configs, rounds)
+        t, _ = time_in_turn(k, n, tile_calls(configs), rounds)
         median = {name: statistics.median(us) for name, us in t.items()}
         winner = min(median, key=lambda name: median[name])
         entry["config"], entry["us"] = dataclasses.asdict(configs[winner]), round(median[winner], 2)
