@@ -35,18 +35,18 @@ from awq_kernel_select.kernels import matmul  # noqa: E402
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 SIGNATURE = {
     "x_ptr": "*fp16", "qweight_ptr": "*i32", "qzeros_ptr": "*i32", "scales_ptr": "*fp16", "bias_ptr": "*fp16",
-    "out_ptr": "*fp16", "workspace_ptr": "*fp32", "tickets_ptr": "*i32", "next_ptr": "*i32",
-    "M": "i32", "N": "i32", "K": "i32", "k_iters_per_split": "i32", "split_k": "i32", "next_words": "i32",
+    "out_ptr": "*fp16", "workspace_ptr": "*fp32", "tickets_ptr": "*i32",
+    "M": "i32", "N": "i32", "K": "i32", "k_iters_per_split": "i32", "split_k": "i32",
     "stride_xm": "i32", "stride_qweight": "i32", "stride_qzeros": "i32", "stride_scales": "i32", "stride_om": "i32",
 }
-ALIGNED = (0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 15, 16, 17, 18, 19)  # pointers, K and strides: multiples of 16
+ALIGNED = (0, 1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 15, 16, 17)  # pointers, K and strides: multiples of 16
 
 
 def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool) -> tuple[int, collections.Counter[str]]:
     """Registers per thread and the opcode counts of the kernel's longest loop."""
     consts = dict(GROUP_SIZE=128, HAS_BIAS=False, USE_SPLIT_K=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, USE_PTX=use_ptx)
-    consts.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, PDL=False, PREFETCH_NEXT=0)
+    consts.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, PDL=False)
     consts.update(EVEN_K=True, INTERLEAVE_K=cfg.interleave_k) if layout == "gemv" else consts.update(EVEN_N=True)
     kernel = matmul.awq_gemv_layout_kernel if layout == "gemv" else matmul.awq_gemm_layout_kernel
     signature = dict(SIGNATURE, **{name: "constexpr" for name in consts})

@@ -127,27 +127,6 @@ def _wait_for_previous_kernel(PDL: tl.constexpr):
         gdc_wait()
 
 
-# --- L2 prefetch of the next layer -------------------------------------------------------------
-
-
-@triton.jit
-def _prefetch_next_layer(next_ptr, next_words, PREFETCH_NEXT: tl.constexpr):
-    """Ask L2 for this program's share of the next layer's weights: ``next_words`` int32 words
-    from ``next_ptr + program * next_words``, one bulk prefetch (sm90 TMA) from one thread.
-
-    A hint with nothing to wait for: the program goes on (or exits) at once, and the bytes
-    arrive while the GPU would otherwise stream nothing (this kernel's last programs and split-K
-    tail, the next launches, the small kernels between two linears). The next layer then finds
-    the start of its weights in L2. ``PREFETCH_NEXT``: 0 off, 1 at the program's start, 2 after
-    its K loop."""
-    if PREFETCH_NEXT != 0:
-        program = tl.program_id(0) + tl.num_programs(0) * (tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
-            "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-            "=r,l,r", [next_ptr + program * next_words, next_words * 4], dtype=tl.int32, is_pure=False, pack=1)
-
-
 # --- epilogue ----------------------------------------------------------------------------------
 
 
@@ -303,21 +282,18 @@ def _accumulate_words(acc2, acc_z, t, x_sum, s16, zs, BLOCK_K: tl.constexpr, GRO
 @triton.jit
 def awq_gemm_layout_kernel(
     # pointers
-    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_ptr, workspace_ptr, tickets_ptr, next_ptr,
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_ptr, workspace_ptr, tickets_ptr,
     # sizes
-    M, N, K, k_iters_per_split, split_k, next_words,
+    M, N, K, k_iters_per_split, split_k,
     # strides (the last dimension of every tensor is contiguous)
     stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PTX: tl.constexpr,
     PREFETCH: tl.constexpr, W_FIRST: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr,
-    PREFETCH_NEXT: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M == 1
     _let_next_kernel_start(PDL)
-    if PREFETCH_NEXT == 1:
-        _prefetch_next_layer(next_ptr, next_words, PREFETCH_NEXT)
     _wait_for_previous_kernel(PDL)
     # grid (m, n, k): neighbours in launch order take neighbouring column blocks, i.e. the
     # neighbouring bytes of each packed row [k, :]
@@ -380,8 +356,6 @@ def awq_gemm_layout_kernel(
             acc = tl.trans(acc)
         _emit_columns(acc, offs_n[None, :], offs_m[:, None], M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
                       HAS_BIAS, USE_SPLIT_K)
-    if PREFETCH_NEXT == 2:
-        _prefetch_next_layer(next_ptr, next_words, PREFETCH_NEXT)
     if USE_SPLIT_K:
         _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, _output_tile(False),
                         bias_ptr, stride_om, split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
@@ -393,22 +367,20 @@ def awq_gemm_layout_kernel(
 @triton.jit
 def awq_gemv_layout_kernel(
     # pointers
-    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_ptr, workspace_ptr, tickets_ptr, next_ptr,
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_ptr, workspace_ptr, tickets_ptr,
     # sizes
-    M, N, K, k_iters_per_split, split_k, next_words,
+    M, N, K, k_iters_per_split, split_k,
     # strides (the last dimension of every tensor is contiguous)
     stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
     # meta-parameters
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_FIRST: tl.constexpr,
     EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
-    INTERLEAVE_K: tl.constexpr, PREFETCH_NEXT: tl.constexpr,
+    INTERLEAVE_K: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
     WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
     _let_next_kernel_start(PDL)
-    if PREFETCH_NEXT == 1:
-        _prefetch_next_layer(next_ptr, next_words, PREFETCH_NEXT)
     if not WORDS_FIRST:
         _wait_for_previous_kernel(PDL)
     if INTERLEAVE_K:  # grid (k, m, n), the splits of a row block side by side in launch order;
@@ -522,8 +494,6 @@ def awq_gemv_layout_kernel(
         acc = tl.trans(acc_t)
     _emit_columns(acc, offs_n[None, :], offs_m[:, None], M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
                   HAS_BIAS, USE_SPLIT_K)
-    if PREFETCH_NEXT == 2:
-        _prefetch_next_layer(next_ptr, next_words, PREFETCH_NEXT)
     if USE_SPLIT_K:
         _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, tile,
                         bias_ptr, stride_om, split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
@@ -585,41 +555,17 @@ def pdl_capable(device: torch.device) -> bool:
     return gdc_wait is not None and torch.cuda.get_device_capability(device)[0] >= 9
 
 
-#: Where a launch with ``prefetch_next`` issues its L2 prefetch: 1 at each program's start, 2
-#: after its K loop (``AWQ_KERNEL_SELECT_PREFETCH_AT``; benchmarks flip this).
-PREFETCH_AT = int(os.environ.get("AWQ_KERNEL_SELECT_PREFETCH_AT", "2"))
-
-
-def _prefetch_words(prefetch_next: tuple[torch.Tensor, int] | None, programs: int, use_ptx: bool,
-                    device: torch.device) -> tuple[torch.Tensor | None, int]:
-    """The next layer's weights as int32 words and each program's share of the prefetch (a
-    multiple of 16 bytes), or ``(None, 0)`` where there is nothing to prefetch or no way to."""
-    if prefetch_next is None or not use_ptx or torch.cuda.get_device_capability(device)[0] < 9:
-        return None, 0  # cp.async.bulk.prefetch is sm90+
-    weight, nbytes = prefetch_next
-    if not weight.is_cuda or weight.device != device or not weight.is_contiguous() or weight.data_ptr() % 16 \
-            or (weight.numel() * weight.element_size()) % 4:
-        return None, 0
-    words = weight.reshape(-1).view(torch.int32)
-    share = min(nbytes, words.numel() * 4) // programs // 16 * 4
-    return (words, share) if share > 0 else (None, 0)
-
-
 def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
             bias: torch.Tensor | None, gemv_layout: bool, in_features: int, out_features: int,
-            group_size: int, config: MatmulConfig, out_dtype: torch.dtype | None,
-            prefetch_next: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, Replay | None]:
+            group_size: int, config: MatmulConfig, out_dtype: torch.dtype | None
+            ) -> tuple[torch.Tensor, Replay | None]:
     """``x [M, K] @ W^T (+ bias) -> [M, N]`` for one packed layer with an explicit config, and a
     function that repeats the launch for another ``x`` of the same shape, dtype and 16-byte
     alignment (contiguous), straight through Triton's launcher (None where that is off).
 
-    ``prefetch_next = (tensor, nbytes)``: the launch also asks L2 for the first ``nbytes`` of
-    ``tensor`` (the layer that runs next: see ``_prefetch_next_layer``); ignored where the GPU
-    cannot (before sm90, the interpreter) or the tensor is not contiguous on this device.
-
-    The function launches with the raw addresses of the layer's buffers (and the next layer's):
-    its caller keeps those tensors alive (the module holds them; the operator checks them by
-    weak reference). It keeps alive only the split-K scratch it writes."""
+    The function launches with the raw addresses of the layer's buffers: its caller keeps those
+    tensors alive (the module holds them; the operator checks them by weak reference). It keeps
+    alive only the split-K scratch it writes."""
     M, K = x.shape
     N = out_features
     if K != in_features:
@@ -634,14 +580,12 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         workspace, tickets = _workspace(x.device, max(M, 16), N, grid[0] * grid[1] * grid[2] // split_k)
     else:
         workspace, tickets = out, out  # unused
-    use_ptx = x.is_cuda and torch.version.hip is None and not interpreting()  # NVIDIA only
-    next_words, share = _prefetch_words(prefetch_next, grid[0] * grid[1] * grid[2], use_ptx, x.device)
-    sizes = (M, N, K, k_iters, split_k, share,
+    sizes = (M, N, K, k_iters, split_k,
              x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0))
-    args = (x, qweight, qzeros, scales, bias if bias is not None else out, out, workspace, tickets,
-            qweight if next_words is None else next_words, *sizes)
+    args = (x, qweight, qzeros, scales, bias if bias is not None else out, out, workspace, tickets, *sizes)
     meta = dict(GROUP_SIZE=group_size, HAS_BIAS=bias is not None, USE_SPLIT_K=split_k > 1,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+    use_ptx = x.is_cuda and torch.version.hip is None and not interpreting()  # NVIDIA only
     meta["USE_PTX"] = use_ptx
     if gemv_layout:
         meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
@@ -650,7 +594,6 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     meta["PDL"] = pdl = use_ptx and USE_PDL and pdl_capable(x.device)
     if gemv_layout:
         meta["INTERLEAVE_K"] = cfg.interleave_k
-    meta["PREFETCH_NEXT"] = PREFETCH_AT if share else 0
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
@@ -659,7 +602,6 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     fixed = (qweight.data_ptr(), qzeros.data_ptr(), scales.data_ptr())
     bias_ptr = None if bias is None else bias.data_ptr()
     spare = (workspace.data_ptr(), tickets.data_ptr()) if split_k > 1 else None
-    next_ptr = (qweight if next_words is None else next_words).data_ptr()
     tail = (*sizes, *meta.values())
     device, index = x.device, x.device.index if x.device.index is not None else torch.cuda.current_device()
     scratch = (workspace, tickets) if split_k > 1 else ()
@@ -669,7 +611,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         o = out_new.data_ptr()
         ws, tk = spare if spare is not None else (o, o)
         direct(grid, torch._C._cuda_getCurrentRawStream(index),
-               (x_new.data_ptr(), *fixed, o if bias_ptr is None else bias_ptr, o, ws, tk, next_ptr, *tail))
+               (x_new.data_ptr(), *fixed, o if bias_ptr is None else bias_ptr, o, ws, tk, *tail))
         return out_new
 
     replay.keep_alive = scratch  # type: ignore[attr-defined]
