@@ -33,6 +33,19 @@ FUSED_GROUPS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+class _LastCall:
+    """The input a :class:`SharedProjection` last computed and its projections (a plain object:
+    assigning to an ``nn.Module`` attribute costs ~2 us of host time, and eager decode is bound
+    by the host)."""
+
+    __slots__ = ("input", "outputs", "served")
+
+    def __init__(self) -> None:
+        self.input: torch.Tensor | None = None
+        self.outputs: tuple[torch.Tensor, ...] = ()
+        self.served = 0
+
+
 class SharedProjection(nn.Module):
     """A packed linear whose output is several projections of one input, side by side."""
 
@@ -40,19 +53,19 @@ class SharedProjection(nn.Module):
         super().__init__()
         self.linear = linear
         self.names, self.sizes = names, sizes
-        self._input: torch.Tensor | None = None
-        self._outputs: tuple[torch.Tensor, ...] = ()
-        self._served = 0
+        self._split = list(sizes)
+        self._last = _LastCall()
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Projection ``index`` of ``x``: computed with the others on the first call for ``x``."""
-        if self._input is not x or not self._outputs:
-            self._outputs = tuple(self.linear(x).split(list(self.sizes), dim=-1))
-            self._input, self._served = x, 0
-        out = self._outputs[index]
-        self._served += 1
-        if self._served == len(self.sizes):  # every projection has had its columns: let them go
-            self._input, self._outputs = None, ()
+        last = self._last
+        if last.input is not x or not last.outputs:
+            last.outputs = self.linear(x).split(self._split, dim=-1)
+            last.input, last.served = x, 0
+        out = last.outputs[index]
+        last.served += 1
+        if last.served == len(self._split):  # every projection has had its columns: let them go
+            last.input, last.outputs = None, ()
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

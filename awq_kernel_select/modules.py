@@ -7,7 +7,7 @@ plain torch on the CPU) and accepts fp16 or bf16 inputs of any leading shape.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -101,6 +101,17 @@ class AWQLinear(nn.Module):
             module.bias = bias.detach().clone().half()
         return module
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _BUFFERS and "_replays" in self.__dict__:  # new buffers: the kept launches read the old ones
+            self._replays.clear()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> AWQLinear:
+        self._replays.clear()  # .to(), .cuda(), .half(): new buffers
+        moved: Any = super()._apply  # untyped in torch
+        result: AWQLinear = moved(fn, recurse)
+        return result
+
     def _load_packed(self, packed: PackedWeights) -> None:
         self.qweight = packed.qweight.contiguous()
         self.qzeros = packed.qzeros.contiguous()
@@ -141,15 +152,17 @@ class AWQLinear(nn.Module):
         if torch.compiler.is_compiling():  # one opaque operator node for torch.compile (kernels/op.py)
             return op.linear(x, self.qweight, self.qzeros, self.scales, self.bias, self.layout,
                              self.in_features, self.out_features, self.group_size, self.path, self.dispatch)
-        packed = self.packed()  # rebuilt (and the kept launches dropped) if the buffers changed
         # Eager decode calls each layer with the same shapes over and over: the launch is kept
-        # per (rows, dtype, device, path, dispatch policy) and repeated without the dispatch
-        # (a new bias or new buffers drop them all, in packed()). Its output is a fresh tensor
-        # that does not require grad.
+        # per (rows, dtype, device, path, dispatch policy) and repeated without the dispatch.
+        # New buffers or bias (assigned, loaded with assign=True, or moved by .to()) drop them
+        # all, in __setattr__ and _apply; this path reads no buffer (each read costs ~1 us of
+        # host time, and eager decode is bound by the host). The output is a fresh tensor that
+        # does not require grad.
         key = (x.numel() // self.in_features, x.dtype, x.get_device(), self.path, id(self.dispatch))
         replay = self._replays.get(key)
         if replay is not None and x.is_contiguous() and x.data_ptr() % 16 == 0:
             return replay(x.view(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+        packed = self.packed()  # rebuilt (and the kept launches dropped) if the buffers changed
         with torch.no_grad():
             out, replay = linear_with_replay(x, packed, self.bias, path=self.path,  # type: ignore[arg-type]
                                              policy=self.dispatch)
@@ -163,6 +176,9 @@ class AWQLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, w_bit={self.w_bit}, group_size={self.group_size}, "
                 f"kernel={self.kernel_name}, path={self.path}")
+
+
+_BUFFERS = frozenset({"qweight", "qzeros", "scales", "bias"})
 
 
 class AKSLinearGEMM(AWQLinear):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from awq_kernel_select.bench.latency import crossover
+from awq_kernel_select.bench.latency import crossover, time_eager_in_turn
 from awq_kernel_select.bench.timing import Timing, copies_to_evict_l2, quantile
 from awq_kernel_select.measured import SCHEMA, MeasuredCrossover, load_all, lookup_crossover, save_crossover
 from awq_kernel_select.probes import Target
@@ -31,6 +31,26 @@ def test_crossover() -> None:
 
 
 H100 = Target("cuda", CC(9, 0), "sm_90", "NVIDIA H100 80GB HBM3")
+
+
+def test_eager_steps_are_timed_in_turn() -> None:
+    """Every round runs each step 2 + reps times, the variants one after the other, and each
+    variant's timing pools its samples over the rounds."""
+    import time
+
+    calls: list[str] = []
+
+    def step(name: str, seconds: float):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    timings = time_eager_in_turn({"slow": step("slow", 0.004), "fast": step("fast", 0.0)}, on_gpu=False, rounds=3,
+                                 reps=4)
+    assert calls == (["slow"] * 6 + ["fast"] * 6) * 3
+    assert timings["slow"].reps == timings["fast"].reps == 12
+    assert timings["slow"].median_us > 4000 > timings["fast"].median_us
 
 
 def test_cache_round_trip_and_other_gpu(tmp_path: Path) -> None:

@@ -88,6 +88,27 @@ def test_kept_launch_is_used_only_for_the_same_layer(monkeypatch: pytest.MonkeyP
     assert len(op._KEPT) == 0  # every entry named a tensor that is gone
 
 
+def test_operator_follows_inductors_pdl_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch.compile our launches use PDL exactly when inductor's do; a kept launch made
+    with the other setting is not reused."""
+    import torch._inductor.config as inductor_config
+
+    seen: list[bool] = []
+
+    def fake_linear(x: torch.Tensor, weights: Any, bias: Any, *, pdl: bool, **_: Any) -> tuple[torch.Tensor, Any]:
+        seen.append(pdl)
+        return torch.zeros(*x.shape[:-1], N, dtype=x.dtype), lambda x2: torch.zeros(x2.shape[0], N, dtype=x2.dtype)
+
+    monkeypatch.setattr(op, "linear_with_replay", fake_linear)
+    monkeypatch.setattr(op, "_KEPT", {})
+    module = random_module("gemv", False, seed=5).cpu()
+    x = torch.randn(1, K, dtype=torch.float16)
+    for enabled in (False, True, True, False):
+        monkeypatch.setattr(inductor_config.triton, "enable_pdl", enabled)
+        op.linear(x, module.qweight, module.qzeros, module.scales, None, "gemv", K, N, G)
+    assert seen == [False, True]  # one dispatch per setting, then the kept launches
+
+
 def test_compile_example_decodes_like_the_uncompiled_model() -> None:
     """examples/compile_decode.py: greedy tokens from the compiled model equal the eager ones (CPU)."""
     import importlib.util

@@ -104,7 +104,7 @@ def test_each_slice_is_its_projection_in_any_order(bias: bool) -> None:
         for i in order:
             expected = parts[i](x).double()
             assert float((slices[i](x).double() - expected).norm() / expected.norm()) < 1e-3
-    assert shared._outputs == ()  # all three served: nothing kept
+    assert shared._last.outputs == () and shared._last.input is None  # all three served: nothing kept
     first = slices[0](x)
     other = slices[1](y)  # a different input is computed afresh, not sliced from x's output
     assert torch.allclose(other.float(), parts[1](y).float(), rtol=1e-3, atol=1e-3)
@@ -135,7 +135,7 @@ def test_fused_model_compiles_whole() -> None:
         for _ in range(2):  # the second call runs the compiled graph as it is
             out = compiled(ids).logits.double()
             assert float((out - ref).norm() / ref.norm()) < 1e-3
-    assert fused.model.layers[0].self_attn.qkv_proj._outputs == ()  # nothing kept between calls
+    assert fused.model.layers[0].self_attn.qkv_proj._last.outputs == ()  # nothing kept between calls
 
 
 def test_a_module_that_already_has_the_fused_name_is_left_alone() -> None:

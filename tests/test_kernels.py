@@ -230,6 +230,37 @@ def test_module_repeats_launches_correctly() -> None:
     assert rel_err(mod(x), x.double() @ L.dequantize(other, torch.float64).t() + mod.bias.double()) < TOL  # type: ignore[union-attr]
 
 
+def test_kept_launches_are_dropped_when_buffers_change() -> None:
+    """The fast path reads no buffer, so every way of replacing one must drop the kept launches:
+    assignment (also ``load_state_dict(assign=True)``) and ``.to()``/``.half()``; an in-place
+    ``load_state_dict`` keeps them (same addresses, new values: still correct)."""
+    from awq_kernel_select.modules import AKSLinearGEMV
+
+    k, n = SHAPES[0]
+    mod = AKSLinearGEMV.from_packed(random_packed(k, n, 64, "gemv", seed=4))
+    x = torch.randn(1, k, device=DEVICE, dtype=torch.float16)
+    key = (1, x.dtype, x.get_device(), mod.path, id(mod.dispatch))
+
+    def keep() -> None:
+        mod._replays[key] = lambda x2: torch.full((1, n), 7.0, dtype=x2.dtype, device=x2.device)
+        assert float(mod(x)[0, 0]) == 7.0  # the kept launch is what runs
+
+    keep()
+    mod.load_state_dict(mod.state_dict())  # in place
+    assert mod._replays
+    for change in (lambda: setattr(mod, "qweight", mod.qweight.clone()),
+                   lambda: setattr(mod, "scales", mod.scales.clone()),
+                   lambda: setattr(mod, "bias", torch.zeros(n, dtype=torch.float16, device=DEVICE)),
+                   lambda: mod.load_state_dict(mod.state_dict(), assign=True),
+                   lambda: mod.to(DEVICE),
+                   lambda: mod.half()):
+        keep()
+        change()
+        assert not mod._replays
+    expected = x.double() @ mod.dequantize(torch.float64).t() + mod.bias.double()  # type: ignore[union-attr]
+    assert rel_err(mod(x), expected) < TOL
+
+
 def test_tuned_table_lookup_falls_back_to_the_next_bucket(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """M = 5..8 with no bucket-8 entry uses bucket 16's; never crosses into the M > 16 regime."""
     import json

@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--no-fuse", action="store_true",
                         help="skip the aks_gemv_fused variant (q/k/v and gate/up as one linear each)")
+    parser.add_argument("--no-pdl", action="store_true",
+                        help="skip the compiled variants with programmatic dependent launch (sm90+)")
     parser.add_argument("--no-save", action="store_true", help="do not store the measured crossover")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for JSON, markdown, PNG")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -37,7 +39,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     cfg = BenchConfig(model=args.model, layers=args.layers, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                       batch_sizes=tuple(args.batch_sizes), reps=args.reps, graph=not args.no_graph,
                       save_measured=not args.no_save, compile=args.compile,
-                      compile_backend=args.compile_backend, fuse=not args.no_fuse, progress=progress)
+                      compile_backend=args.compile_backend, fuse=not args.no_fuse, pdl=not args.no_pdl,
+                      progress=progress)
     result = run_benchmark(cfg)
     written = write_all(result, args.out)
     print(json.dumps(result.to_dict(), indent=1, default=str) if args.json else table(result))

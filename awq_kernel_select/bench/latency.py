@@ -6,13 +6,14 @@ the CUDA-graph decode step (static KV cache) shows what the kernels themselves c
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
-from .timing import Timing, time_eager, time_graph
+from .timing import Timing, eager_samples, time_eager, time_graph
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _cpu_timing(fn: Callable[[], Any], reps: int, warmup: int = 1) -> Timing:
+def _cpu_samples(fn: Callable[[], Any], reps: int, warmup: int = 1) -> list[float]:
     for _ in range(warmup):
         fn()
     samples = []
@@ -41,7 +42,11 @@ def _cpu_timing(fn: Callable[[], Any], reps: int, warmup: int = 1) -> Timing:
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e6)
-    return Timing.from_samples(samples)
+    return samples
+
+
+def _cpu_timing(fn: Callable[[], Any], reps: int, warmup: int = 1) -> Timing:
+    return Timing.from_samples(_cpu_samples(fn, reps, warmup))
 
 
 def _prompt(model: Any, batch: int, prompt_len: int, device: torch.device) -> torch.Tensor:
@@ -65,6 +70,40 @@ def _prefilled_static_cache(model: Any, prompt: torch.Tensor) -> tuple[Any, torc
 
 
 @torch.no_grad()
+def eager_decode_step(model: Any, *, batch: int = 1, prompt_len: int = 128) -> Callable[[], None]:
+    """One eager decode step, as ``generate`` runs it: one new token per sequence on a
+    ``DynamicCache`` filled by the prompt, cropped back to the prompt after each step so that
+    every repetition sees the same cache length."""
+    import transformers
+
+    dynamic_cache: Any = transformers.DynamicCache  # transformers' classes carry no type hints
+    device = next(model.parameters()).device
+    cache = dynamic_cache()
+    out = model(input_ids=_prompt(model, batch, prompt_len, device), past_key_values=cache, use_cache=True)
+    step_input = out.logits[:, -1].argmax(-1)[:, None]
+
+    @torch.no_grad()
+    def decode_step() -> None:
+        model(input_ids=step_input, past_key_values=cache, use_cache=True)
+        cache.crop(prompt_len)
+
+    return decode_step
+
+
+def time_eager_in_turn(steps: dict[str, Callable[[], Any]], *, on_gpu: bool, rounds: int = 10, reps: int = 5
+                       ) -> dict[str, Timing]:
+    """Eager steps of several models timed in turn: each round times ``reps`` steps of every
+    model (after 2 untimed ones), with CUDA events ``on_gpu``, else the host clock. An eager
+    step is bound by the host CPU, whose speed drifts by up to 2x over minutes on a shared
+    machine; timed in turn, every model sees the same drift."""
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            samples[name] += eager_samples(step, reps=reps, warmup=2) if on_gpu else _cpu_samples(step, reps, 2)
+    return {name: Timing.from_samples(v) for name, v in samples.items()}
+
+
+@torch.no_grad()
 def measure(
     model: Any,
     variant: str,
@@ -75,8 +114,11 @@ def measure(
     reps: int = 10,
     graph: bool = True,
     full: bool = True,
+    eager: bool = True,
 ) -> LatencyResult:
-    """Time one model. ``full=False`` measures only the decode steps (the batch sweep)."""
+    """Time one model. ``full=False`` measures only the decode steps (the batch sweep);
+    ``eager=False`` leaves the eager decode step out (timed in turn with other models instead:
+    :func:`time_eager_in_turn`)."""
     import transformers
 
     dynamic_cache: Any = transformers.DynamicCache  # transformers' classes carry no type hints
@@ -97,16 +139,7 @@ def measure(
         return out.logits[:, -1].argmax(-1), cache
 
     ttft = timer(prefill, reps) if full else None
-
-    # eager decode: one token at a time on a DynamicCache filled by the prompt
-    token, cache = prefill()
-    step_input = token[:, None]
-
-    def decode_step() -> None:
-        model(input_ids=step_input, past_key_values=cache, use_cache=True)
-        cache.crop(prompt_len)  # keep the cache length fixed across repetitions
-
-    decode_eager = timer(decode_step, max(reps, 10))
+    decode_eager = timer(eager_decode_step(model, batch=batch, prompt_len=prompt_len), max(reps, 10)) if eager else None
 
     generate_ms = None
     if full:
@@ -120,6 +153,7 @@ def measure(
     if graph and on_gpu:
         try:
             static, position = _prefilled_static_cache(model, prompt)
+            step_input = prompt[:, -1:]  # any token: the step's time does not depend on it
             decode_graph = time_graph(
                 [lambda: model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)],
                 reps=max(reps, 20),
@@ -130,13 +164,45 @@ def measure(
     return LatencyResult(variant, batch, ttft, decode_eager, decode_graph, generate_ms, peak, tuple(notes))
 
 
+@contextlib.contextmanager
+def inductor_pdl(enabled: bool) -> Iterator[None]:
+    """Inductor's programmatic dependent launch on or off inside the block (the packed linears'
+    operator follows it: ``kernels/op.py``)."""
+    import torch._inductor.config as inductor_config
+
+    triton_config: Any = inductor_config.triton
+    before = triton_config.enable_pdl
+    triton_config.enable_pdl = enabled
+    try:
+        yield
+    finally:
+        triton_config.enable_pdl = before
+
+
+def pdl_available() -> bool:
+    """Inductor can emit PDL and this GPU has it (sm90+)."""
+    import torch._inductor.config as inductor_config
+
+    return (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+            and hasattr(inductor_config.triton, "enable_pdl"))
+
+
 @torch.no_grad()
 def measure_compiled(model: Any, variant: str, *, batch: int = 1, prompt_len: int = 128, reps: int = 10,
-                     graph: bool = True, backend: str = "inductor") -> LatencyResult:
+                     graph: bool = True, backend: str = "inductor", pdl: bool = False) -> LatencyResult:
     """One decode step of ``model.forward`` under ``torch.compile`` (whole model, ``fullgraph``,
     static KV cache): timed as called (``decode_eager``: a compiled model without CUDA graphs)
     and replayed from a CUDA graph. The packed linears are one operator node each
-    (``kernels/op.py``); inductor fuses the rest. The prompt is prefilled uncompiled."""
+    (``kernels/op.py``); inductor fuses the rest. The prompt is prefilled uncompiled. ``pdl``:
+    compiled and run with inductor's programmatic dependent launch (``pdl_available()``), which
+    the packed linears follow."""
+    with inductor_pdl(pdl):
+        return _measure_compiled(model, variant, batch=batch, prompt_len=prompt_len, reps=reps, graph=graph,
+                                 backend=backend)
+
+
+def _measure_compiled(model: Any, variant: str, *, batch: int, prompt_len: int, reps: int, graph: bool,
+                      backend: str) -> LatencyResult:
     device = next(model.parameters()).device
     on_gpu = device.type == "cuda"
     prompt = _prompt(model, batch, prompt_len, device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +17,8 @@ from ..measured import MeasuredCrossover, save_crossover
 from ..modules import set_layout, set_path
 from ..probes import check
 from ..select import select_kernel
-from .latency import LatencyResult, crossover, measure, measure_compiled
+from .latency import (LatencyResult, crossover, eager_decode_step, measure, measure_compiled, pdl_available,
+                      time_eager_in_turn)
 from .model import embedded_models, packed_bytes_per_token
 from .timing import copy_bandwidth
 
@@ -35,6 +36,8 @@ class BenchConfig:
     compile: bool | None = None  # also time the decode step under torch.compile; None: on a GPU only
     compile_backend: str = "inductor"
     fuse: bool = True  # also time aks_gemv with q/k/v and gate/up fused (fuse_projections); GPU only
+    eager_rounds: int = 10  # eager decode steps: rounds of 5 steps per variant, the variants in turn
+    pdl: bool = True  # also compile fp16 and the fused model with inductor's PDL (sm90+; ours follows)
     progress: Callable[[str], None] = print
 
 
@@ -136,13 +139,20 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     auto_kernel = selection.name
 
     single: list[LatencyResult] = []
+    prompt_len = cfg.prompt_len if on_gpu else 16
     for name, model in variants.items():
         say(f"batch 1: {name} ...")
-        result = measure(model, name, prompt_len=cfg.prompt_len if on_gpu else 16,
-                         new_tokens=cfg.new_tokens if on_gpu else 4, reps=cfg.reps if on_gpu else 3,
-                         graph=cfg.graph)
+        result = measure(model, name, prompt_len=prompt_len, new_tokens=cfg.new_tokens if on_gpu else 4,
+                         reps=cfg.reps if on_gpu else 3, graph=cfg.graph, eager=False)
         single.append(result)
         notes += [f"{name}: {n}" for n in result.notes]
+    rounds, reps = (cfg.eager_rounds, 5) if on_gpu else (3, 3)
+    say(f"batch 1: eager decode steps of {len(variants)} variants in turn ({rounds} rounds of {reps}) ...")
+    eager = time_eager_in_turn({name: eager_decode_step(model, prompt_len=prompt_len) for name, model in variants.items()},
+                               on_gpu=on_gpu, rounds=rounds, reps=reps)
+    single = [replace(r, decode_eager=eager[r.variant]) for r in single]
+    notes.append(f"decode eager: the variants' eager steps were timed in turn, {rounds} rounds of {reps} steps "
+                 "each (host-bound: the host's speed drifts, and in turn every variant sees the same drift)")
 
     sweep: dict[str, dict[int, float]] = {}
     kind = "cuda-graph" if on_gpu and cfg.graph else "eager"
@@ -159,10 +169,15 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     cross = crossover(sweep) if on_gpu else None
 
     if cfg.compile if cfg.compile is not None else on_gpu:
-        for name in [v for v in ("fp16", "aks_gemv", "aks_gemv_fused", "torch_dequant") if v in variants]:
-            say(f"torch.compile: {name} (whole model, fullgraph; ~30 s) ...")
-            result = measure_compiled(variants[name], f"{name}+compile", prompt_len=cfg.prompt_len if on_gpu else 16,
-                                      reps=cfg.reps if on_gpu else 3, graph=cfg.graph, backend=cfg.compile_backend)
+        runs = [(v, False) for v in ("fp16", "aks_gemv", "aks_gemv_fused", "torch_dequant") if v in variants]
+        if cfg.pdl and on_gpu and cfg.compile_backend == "inductor" and pdl_available():
+            runs += [(v, True) for v in ("fp16", "aks_gemv_fused") if v in variants]
+        for name, pdl in runs:
+            label = f"{name}+compile{'+pdl' if pdl else ''}"
+            say(f"torch.compile: {label} (whole model, fullgraph; ~30 s) ...")
+            result = measure_compiled(variants[name], label, prompt_len=cfg.prompt_len if on_gpu else 16,
+                                      reps=cfg.reps if on_gpu else 3, graph=cfg.graph, backend=cfg.compile_backend,
+                                      pdl=pdl)
             single.append(result)
             notes += [f"{result.variant}: {n}" for n in result.notes]
     elif cfg.compile is None:

@@ -45,8 +45,9 @@ def _event() -> torch.cuda.Event:
     return torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
 
 
-def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Timing:
-    """Each call timed by its own pair of CUDA events (launch overhead included)."""
+def eager_samples(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> list[float]:
+    """Microseconds per call, each call timed by its own pair of CUDA events (launch overhead
+    included)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -58,7 +59,12 @@ def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Tim
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) * 1000.0)
-    return Timing.from_samples(samples)
+    return samples
+
+
+def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Timing:
+    """Each call timed by its own pair of CUDA events (launch overhead included)."""
+    return Timing.from_samples(eager_samples(fn, reps=reps, warmup=warmup))
 
 
 def time_graph(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: int = 3) -> Timing:

@@ -254,10 +254,12 @@ def linear_with_replay(
     path: KernelPath | Literal["auto"] = "auto",
     policy: DispatchPolicy = DEFAULT_DISPATCH,
     config: MatmulConfig | None = None,
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, Replay | None]:
     """:func:`awq_linear`, and for the fused paths a function ``[M, K] -> [M, N]`` that repeats
     the same launch for a new contiguous input of the same shape and dtype with almost no
-    Python in between (what the modules use in eager decode); None for the other paths."""
+    Python in between (what the modules use in eager decode); None for the other paths.
+    ``pdl``: the fused paths launch with programmatic dependent launch (sm90+)."""
     if x.shape[-1] != weights.in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the layer expects {weights.in_features}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -280,5 +282,6 @@ def linear_with_replay(
     else:
         out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,
                                              weights.layout == "gemv", weights.in_features,
-                                             weights.out_features, weights.group_size, config or planned, None)
+                                             weights.out_features, weights.group_size, config or planned, None,
+                                             pdl=pdl)
     return out.reshape(*lead, weights.out_features), replay

@@ -111,20 +111,18 @@ class MatmulConfig:
 
 
 @triton.jit
-def _let_next_kernel_start(PDL: tl.constexpr):
-    """With PDL the next kernel in the stream may be scheduled from now on (it waits in
-    ``_wait_for_previous_kernel`` before touching anything this one writes)."""
-    if PDL:
-        gdc_launch_dependents()
-
-
-@triton.jit
 def _wait_for_previous_kernel(PDL: tl.constexpr):
-    """With PDL: block until the previous kernel has finished and its writes are visible. Before
-    this only the layer's own buffers may be read (no kernel writes them); x, the output and
-    the split-K scratch come after."""
+    """With PDL: block until the previous kernel has finished and its writes are visible, then
+    let the next kernel in the stream be scheduled. Before this only the layer's own buffers may
+    be read (no kernel writes them); x, the output and the split-K scratch come after.
+
+    The next kernel is let go only after the wait, never before: a kernel that does not read
+    this one's output may skip its own wait (inductor's PDL code does: it waits only for
+    buffers the kernel just before it wrote), and is then safe only if everything before this
+    kernel has finished when it starts. (Sessions 5-7 let it go at this kernel's start.)"""
     if PDL:
         gdc_wait()
+        gdc_launch_dependents()
 
 
 # --- epilogue ----------------------------------------------------------------------------------
@@ -293,7 +291,6 @@ def awq_gemm_layout_kernel(
     PREFETCH: tl.constexpr, W_FIRST: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M == 1
-    _let_next_kernel_start(PDL)
     _wait_for_previous_kernel(PDL)
     # grid (m, n, k): neighbours in launch order take neighbouring column blocks, i.e. the
     # neighbouring bytes of each packed row [k, :]
@@ -380,7 +377,6 @@ def awq_gemv_layout_kernel(
 ):
     FMA: tl.constexpr = BLOCK_M < 16
     WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
-    _let_next_kernel_start(PDL)
     if not WORDS_FIRST:
         _wait_for_previous_kernel(PDL)
     if INTERLEAVE_K:  # grid (k, m, n), the splits of a row block side by side in launch order;
@@ -542,9 +538,12 @@ Replay = Callable[[torch.Tensor], torch.Tensor]
 
 #: Launch the fused kernels with programmatic dependent launch where the GPU has it (sm90+):
 #: a kernel is scheduled while the one before it finishes and reads its first weights before
-#: waiting for it. Opt-in (``AWQ_KERNEL_SELECT_PDL=1``; benchmarks flip this flag): on the
-#: H100 it took 1-7% off back-to-back M = 1 calls of one layer shape but nothing measurable off
-#: a model's decode step, where the kernel before each linear is torch's (docs/kernels.md).
+#: waiting for it. It pays only where the kernels around ours take part too: on the H100 it
+#: took 1-7% off back-to-back M = 1 calls of one layer shape, 1.8% *onto* a compiled decode
+#: step whose inductor kernels do not use PDL, and 4% off one whose kernels do
+#: (docs/benchmarks.md, session 8). So it is on for every launch with
+#: ``AWQ_KERNEL_SELECT_PDL=1`` (benchmarks flip this flag), and under ``torch.compile`` it
+#: follows inductor's own setting (``TORCHINDUCTOR_ENABLE_PDL=1``: ``kernels/op.py``).
 USE_PDL = os.environ.get("AWQ_KERNEL_SELECT_PDL", "0") == "1"
 
 
@@ -557,11 +556,12 @@ def pdl_capable(device: torch.device) -> bool:
 
 def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
             bias: torch.Tensor | None, gemv_layout: bool, in_features: int, out_features: int,
-            group_size: int, config: MatmulConfig, out_dtype: torch.dtype | None
+            group_size: int, config: MatmulConfig, out_dtype: torch.dtype | None, pdl: bool = False
             ) -> tuple[torch.Tensor, Replay | None]:
     """``x [M, K] @ W^T (+ bias) -> [M, N]`` for one packed layer with an explicit config, and a
     function that repeats the launch for another ``x`` of the same shape, dtype and 16-byte
     alignment (contiguous), straight through Triton's launcher (None where that is off).
+    ``pdl`` (or ``USE_PDL``) launches with programmatic dependent launch where the GPU can.
 
     The function launches with the raw addresses of the layer's buffers: its caller keeps those
     tensors alive (the module holds them; the operator checks them by weak reference). It keeps
@@ -591,7 +591,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
     else:
         meta.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, EVEN_N=N % cfg.block_n == 0)
-    meta["PDL"] = pdl = use_ptx and USE_PDL and pdl_capable(x.device)
+    meta["PDL"] = pdl = use_ptx and (pdl or USE_PDL) and pdl_capable(x.device)
     if gemv_layout:
         meta["INTERLEAVE_K"] = cfg.interleave_k
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel

@@ -17,6 +17,7 @@ has no backward.
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -44,6 +45,16 @@ def policy_args(policy: DispatchPolicy = DEFAULT_DISPATCH) -> tuple[int, int, in
             policy.dequant_chunk_min_cols)
 
 
+def inductor_pdl() -> bool:
+    """Whether inductor emits programmatic dependent launch (``TORCHINDUCTOR_ENABLE_PDL=1``):
+    then the operator's launches take part too. PDL pays only in a chain of kernels that all
+    use it: ours alone made a compiled decode step 1.8% slower, ours with inductor's 4% faster
+    (H100, docs/benchmarks.md)."""
+    config = sys.modules.get("torch._inductor.config")  # not imported here: only compiled code sets it
+    triton_config = getattr(config, "triton", None)
+    return bool(getattr(triton_config, "enable_pdl", False))
+
+
 def _same(refs: tuple[weakref.ref[torch.Tensor] | None, ...], tensors: tuple[torch.Tensor | None, ...]) -> bool:
     return all((r is None and t is None) or (r is not None and r() is t) for r, t in zip(refs, tensors))
 
@@ -55,14 +66,15 @@ def _linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales
     """``x [..., K] @ W^T + bias`` for one packed layer: what :func:`awq_linear` computes."""
     rows = x.numel() // in_features
     layer = (qweight, qzeros, scales, bias)
+    pdl = inductor_pdl()
     key = (*(0 if t is None else t.data_ptr() for t in layer), rows, x.dtype, x.device, path,
-           gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols)
+           gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols, pdl)
     kept = _KEPT.get(key)
     if kept is not None and _same(kept[0], layer) and x.is_contiguous() and x.data_ptr() % 16 == 0:
         return kept[1](x.view(rows, in_features)).view(*x.shape[:-1], out_features)
     weights = PackedWeights(layout, qweight, qzeros, scales, in_features, out_features, group_size)
     policy = DispatchPolicy(gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols)
-    out, replay = linear_with_replay(x, weights, bias, path=path, policy=policy)  # type: ignore[arg-type]
+    out, replay = linear_with_replay(x, weights, bias, path=path, policy=policy, pdl=pdl)  # type: ignore[arg-type]
     if replay is not None:
         if len(_KEPT) >= _MAX_KEPT:
             _KEPT.clear()

@@ -1,0 +1,144 @@
+"""Programmatic dependent launch through a whole compiled decode step: ours, inductor's, both.
+
+Session 5 found that our kernels' PDL (``AWQ_KERNEL_SELECT_PDL=1``) changes nothing in a
+model's decode step: the kernel before each linear is inductor's, which never lets its
+dependents start early. Inductor can emit PDL too (``torch._inductor.config.triton.enable_pdl``,
+``TORCHINDUCTOR_ENABLE_PDL=1``): then every Triton kernel of the compiled step, inductor's and
+ours, is launched while the one before it finishes, and waits (``griddepcontrol.wait``) only
+before it touches that one's output. cuBLAS (``lm_head``) and cuDNN (attention) take no part.
+
+One process per model and inductor setting (a device-side fault ends the process, and dynamo's
+cache does not key on inductor's config): the embedded 7B-shaped model (q/k/v and gate/up fused)
+or fp16, compiled with inductor's PDL off or on, captured in a CUDA graph with our PDL off and
+on, the graphs' replays timed in turn (``--rounds``) and the logits of every round's last
+replay checked against the uncompiled model's. Appends to ``pdl-model.jsonl``. Needs an sm90 GPU::
+
+    for i in 0 1; do python benchmarks/pdl_model.py --inductor-pdl $i --out DIR; done   # ~1 min each on an H100
+    python benchmarks/pdl_model.py --model fp16 --inductor-pdl 1 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt  # noqa: E402
+from awq_kernel_select.bench.model import embedded_models  # noqa: E402
+from awq_kernel_select.fuse import fuse_projections  # noqa: E402
+from awq_kernel_select.kernels import matmul, op  # noqa: E402
+from awq_kernel_select.modules import AWQLinear, set_layout  # noqa: E402
+
+
+def ours_pdl(model: torch.nn.Module, on: bool) -> None:
+    """Our kernels launched with PDL or not from the next launch on (kept launches dropped)."""
+    matmul.USE_PDL = on
+    op._KEPT.clear()
+    for m in model.modules():
+        if isinstance(m, AWQLinear):
+            m._replays.clear()
+
+
+def capture(step: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """``step`` captured in a CUDA graph (after 3 calls outside it), and its output after one replay."""
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph, out
+
+
+def replay_us(graph: torch.cuda.CUDAGraph, reps: int) -> float:
+    """Median of ``reps`` replays, each between its own CUDA events."""
+    samples = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1000.0)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["aks_gemv_fused", "fp16"], default="aks_gemv_fused")
+    parser.add_argument("--inductor-pdl", type=int, choices=[0, 1], default=0)
+    parser.add_argument("--ours-pdl", type=int, nargs="+", choices=[0, 1], default=[0, 1])
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/pdl-model"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
+        sys.exit("this benchmark needs an sm90+ CUDA GPU")
+    inductor_triton: Any = torch._inductor.config.triton
+    if not hasattr(inductor_triton, "enable_pdl"):
+        sys.exit(f"torch {torch.__version__}: inductor has no triton.enable_pdl")
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda")
+    built = embedded_models(args.layers, device)
+    if args.model == "fp16":
+        model: torch.nn.Module = built.fp16
+    else:
+        model = set_layout(copy.deepcopy(built.quantized), "gemv")
+        fuse_projections(model)
+    del built
+    inductor_triton.enable_pdl = bool(args.inductor_pdl)
+    graphs: dict[str, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+    with torch.no_grad():
+        prompt = _prompt(model, 1, 128, device)
+        static, position = _prefilled_static_cache(model, prompt)
+        step_input = prompt[:, -1:]
+        reference = model(input_ids=step_input, past_key_values=static, cache_position=position,
+                          use_cache=True).logits.double()
+        compiled: Any = torch.compile(model.forward, fullgraph=True, dynamic=False)
+
+        def step() -> Any:
+            return compiled(input_ids=step_input, past_key_values=static, cache_position=position,
+                            use_cache=True).logits
+
+        started = time.perf_counter()
+        step()
+        compile_s = time.perf_counter() - started
+        for ours_on in args.ours_pdl if args.model != "fp16" else [0]:
+            ours_pdl(model, bool(ours_on))
+            graphs[f"{args.model} inductor_pdl={args.inductor_pdl} ours_pdl={ours_on}"] = capture(step)
+    errors: dict[str, list[float]] = {name: [] for name in graphs}
+    times: dict[str, list[float]] = {name: [] for name in graphs}
+    for _ in range(args.rounds):
+        for name, (graph, logits) in graphs.items():
+            times[name].append(replay_us(graph, args.reps))
+            # the logits of the last replay: a race (a kernel reading before it waits) shows here
+            errors[name].append(float((logits.double() - reference).norm() / reference.norm()))
+    rows = [dict(variant=name, us=times[name], median_us=statistics.median(times[name]),
+                 max_rel_err_vs_uncompiled=max(errors[name])) for name in graphs]
+    for row in rows:
+        print(f"{row['variant']:45s} {row['median_us']:8.1f} us  ({'/'.join(f'{x:.0f}' for x in row['us'])})  "
+              f"logits vs uncompiled <= {row['max_rel_err_vs_uncompiled']:.1e}", flush=True)
+    result = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers,
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), compile_s=compile_s, rows=rows)
+    with open(args.out / "pdl-model.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
