@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pdl_model import capture  # noqa: E402
 
-from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt  # noqa: E402
+from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt, eager_decode_step  # noqa: E402
 from awq_kernel_select.bench.model import embedded_models, packed_bytes_per_token  # noqa: E402
 from awq_kernel_select.bench.timing import copy_bandwidth  # noqa: E402
 from awq_kernel_select.fuse import fuse_projections  # noqa: E402
@@ -129,18 +129,8 @@ def compiled_step(model: Any, prompt: torch.Tensor) -> Callable[[], Any]:
 @torch.no_grad()
 def eager_steps(models: dict[str, Any], prompt: torch.Tensor, rounds: int, steps: int) -> dict[str, Any]:
     """Eager decode steps (DynamicCache, as ``generate``), the models in turn; and one step's host profile."""
-    import transformers
-
-    prompt_len = prompt.shape[1]
-    calls = {}
-    for name, model in models.items():
-        cache: Any = transformers.DynamicCache()
-        token = model(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1)[:, None]
-
-        def step(model: Any = model, cache: Any = cache, token: torch.Tensor = token) -> None:
-            model(input_ids=token, past_key_values=cache, use_cache=True)
-            cache.crop(prompt_len)
-        calls[name] = step
+    calls = {name: eager_decode_step(model, batch=prompt.shape[0], prompt_len=prompt.shape[1])
+             for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, step in calls.items():

@@ -161,7 +161,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         sweep[name] = {}
         for batch in batches:
             say(f"sweep: {name} batch {batch} ...")
-            r = measure(variants[name], name, batch=batch, prompt_len=cfg.prompt_len if on_gpu else 16,
+            r = measure(variants[name], name, batch=batch, prompt_len=prompt_len,
                         reps=cfg.reps if on_gpu else 3, graph=cfg.graph, full=False)
             timing = r.decode_graph if kind == "cuda-graph" and r.decode_graph else r.decode_eager
             if timing is not None:
@@ -175,7 +175,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         for name, pdl in runs:
             label = f"{name}+compile{'+pdl' if pdl else ''}"
             say(f"torch.compile: {label} (whole model, fullgraph; ~30 s) ...")
-            result = measure_compiled(variants[name], label, prompt_len=cfg.prompt_len if on_gpu else 16,
+            result = measure_compiled(variants[name], label, prompt_len=prompt_len,
                                       reps=cfg.reps if on_gpu else 3, graph=cfg.graph, backend=cfg.compile_backend,
                                       pdl=pdl)
             single.append(result)
