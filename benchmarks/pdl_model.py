@@ -15,6 +15,12 @@ replay checked against the uncompiled model's. Appends to ``pdl-model.jsonl``. N
 
     for i in 0 1; do python benchmarks/pdl_model.py --inductor-pdl $i --out DIR; done   # ~1 min each on an H100
     python benchmarks/pdl_model.py --model fp16 --inductor-pdl 1 --out DIR
+
+Session 9 added ``--combo-kernels 1`` (inductor launches independent small kernels as one: the
+bench's setting since then) and ``--hold-gib N`` (N GiB of other tensors allocated first, as the
+bench keeps its other models: made no difference)::
+
+    python benchmarks/pdl_model.py --inductor-pdl 1 --ours-pdl 1 --combo-kernels 1 --out DIR
 """
 
 from __future__ import annotations
@@ -83,6 +89,10 @@ def main() -> None:
     parser.add_argument("--model", choices=["aks_gemv_fused", "fp16"], default="aks_gemv_fused")
     parser.add_argument("--inductor-pdl", type=int, choices=[0, 1], default=0)
     parser.add_argument("--ours-pdl", type=int, nargs="+", choices=[0, 1], default=[0, 1])
+    parser.add_argument("--combo-kernels", type=int, choices=[0, 1], default=0,
+                        help="inductor's combo kernels (independent small kernels launched as one)")
+    parser.add_argument("--hold-gib", type=float, default=0.0,
+                        help="GiB of other tensors held on the GPU (allocated first), as the bench's other models")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
@@ -95,6 +105,7 @@ def main() -> None:
         sys.exit(f"torch {torch.__version__}: inductor has no triton.enable_pdl")
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
+    held = [torch.ones(256 << 20, dtype=torch.float16, device=device) for _ in range(int(args.hold_gib * 2))]
     built = embedded_models(args.layers, device)
     if args.model == "fp16":
         model: torch.nn.Module = built.fp16
@@ -103,6 +114,7 @@ def main() -> None:
         fuse_projections(model)
     del built
     inductor_triton.enable_pdl = bool(args.inductor_pdl)
+    torch._inductor.config.combo_kernels = bool(args.combo_kernels)
     graphs: dict[str, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
     with torch.no_grad():
         prompt = _prompt(model, 1, 128, device)
@@ -121,7 +133,9 @@ def main() -> None:
         compile_s = time.perf_counter() - started
         for ours_on in args.ours_pdl if args.model != "fp16" else [0]:
             ours_pdl(model, bool(ours_on))
-            graphs[f"{args.model} inductor_pdl={args.inductor_pdl} ours_pdl={ours_on}"] = capture(step)
+            label = (f"{args.model} inductor_pdl={args.inductor_pdl} ours_pdl={ours_on} combo={args.combo_kernels}"
+                     + (f" holding {len(held) / 2:g} GiB" if held else ""))
+            graphs[label] = capture(step)
     errors: dict[str, list[float]] = {name: [] for name in graphs}
     times: dict[str, list[float]] = {name: [] for name in graphs}
     for _ in range(args.rounds):

@@ -77,6 +77,9 @@ TILES = [
     ("gemv", matmul.MatmulConfig(1, 128, 128, 8, 4, 3)),
     ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3)),
     ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3, prefetch=True)),
+    # session 9's shipped M = 1 tiles (fp16 x: words and x in fp16x2, two words per step)
+    ("gemv", matmul.MatmulConfig(1, 64, 128, 8, 4, 3, prefetch=True, interleave_k=True)),
+    ("gemv", matmul.MatmulConfig(1, 128, 128, 8, 8, 3, interleave_k=True)),
     ("gemv", matmul.MatmulConfig(2, 256, 128, 8, 4, 3)),  # two tokens: per weight, not per weight and token
     ("gemm", matmul.MatmulConfig(1, 256, 32, 8, 4, 3)),
     ("gemm", matmul.MatmulConfig(1, 256, 64, 8, 4, 3)),

@@ -104,3 +104,34 @@ def test_tiny_compiled_cpu_run(tmp_path: Path) -> None:
     assert set(compiled) == {"fp16+compile", "torch_dequant+compile"}
     assert all(r["decode_eager"]["median_us"] > 0 and r["compile_s"] > 0 for r in compiled.values())
     assert any("torch_dequant+compile: torch.compile (aot_eager, fullgraph)" in n for n in data["notes"])
+
+
+def test_combo_kernels_are_on_for_compiled_variants_and_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``measure_compiled(combo_kernels=True)`` compiles under inductor's ``combo_kernels`` and
+    restores the setting; ``--no-combo-kernels`` reaches the bench's config."""
+    import torch._inductor.config as inductor_config
+
+    from awq_kernel_select.bench import latency
+    from awq_kernel_select.bench import run as run_module
+    from awq_kernel_select.cli import main
+
+    seen: list[bool] = []
+    monkeypatch.setattr(latency, "_measure_compiled", lambda *a, **k: seen.append(inductor_config.combo_kernels))
+    latency.measure_compiled(None, "x", combo_kernels=True)
+    latency.measure_compiled(None, "x")
+    assert seen == [True, False] and inductor_config.combo_kernels is False
+
+    class Stop(Exception):
+        pass
+
+    configs: list[run_module.BenchConfig] = []
+
+    def fake_run(cfg: run_module.BenchConfig) -> None:
+        configs.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(run_module, "run_benchmark", fake_run)
+    for argv in (["bench"], ["bench", "--no-combo-kernels"]):
+        with pytest.raises(Stop):
+            main(argv)
+    assert [c.combo_kernels for c in configs] == [True, False]

@@ -182,6 +182,22 @@ def test_last_tile_past_k_reads_no_x_beyond_k(cfg: MatmulConfig) -> None:
     assert rel_err(awq_linear(x, packed, path="gemv", config=cfg), ref) < TOL
 
 
+@pytest.mark.parametrize("cfg", [MatmulConfig(1, 32, 128, 2), MatmulConfig(1, 64, 64, 2, interleave_k=True)])
+def test_one_token_fp16_path_with_outliers_and_an_unaligned_x(cfg: MatmulConfig) -> None:
+    """The one-token fp16 path sums eight products in fp16 (as ``(q - z) / 16 * x``) and reads x
+    as int64 words: activations of +-3000 (LLMs' "massive activations"), a whole pair of words'
+    worth of them together, and x 2 bytes off alignment."""
+    k, n = SHAPES[0]
+    packed = random_packed(k, n, 64, "gemv", seed=11)
+    buf = torch.randn(1, k + 1, device=DEVICE, dtype=torch.float16)
+    buf[0, 1::97] = 3000.0 * torch.sign(buf[0, 1::97])
+    buf[0, 17:33] = 3000.0 * torch.sign(buf[0, 17:33])  # x[16:32]: one int64 of words, all outliers
+    x = buf[:, 1:]
+    assert x.data_ptr() % 8
+    ref = x.double() @ L.dequantize(packed, torch.float64).t()
+    assert rel_err(awq_linear(x, packed, path="gemv", config=cfg), ref) < TOL
+
+
 @pytest.mark.parametrize("cfg", [MatmulConfig(2, 64, 64, 1), MatmulConfig(1, 64, 64, 1, w_first=True),
                                  MatmulConfig(2, 64, 64, 1, prefetch=True), MatmulConfig(16, 64, 256, 1),
                                  MatmulConfig(1, 64, 64, 2, interleave_k=True)])

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the aks_gemv_fused variant (q/k/v and gate/up as one linear each)")
     parser.add_argument("--no-pdl", action="store_true",
                         help="skip the compiled variants with programmatic dependent launch (sm90+)")
+    parser.add_argument("--no-combo-kernels", action="store_true",
+                        help="compile without inductor's combo kernels (small independent kernels as one launch)")
     parser.add_argument("--no-save", action="store_true", help="do not store the measured crossover")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for JSON, markdown, PNG")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -40,7 +42,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                       batch_sizes=tuple(args.batch_sizes), reps=args.reps, graph=not args.no_graph,
                       save_measured=not args.no_save, compile=args.compile,
                       compile_backend=args.compile_backend, fuse=not args.no_fuse, pdl=not args.no_pdl,
-                      progress=progress)
+                      combo_kernels=not args.no_combo_kernels, progress=progress)
     result = run_benchmark(cfg)
     written = write_all(result, args.out)
     print(json.dumps(result.to_dict(), indent=1, default=str) if args.json else table(result))

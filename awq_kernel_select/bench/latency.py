@@ -189,14 +189,18 @@ def pdl_available() -> bool:
 
 @torch.no_grad()
 def measure_compiled(model: Any, variant: str, *, batch: int = 1, prompt_len: int = 128, reps: int = 10,
-                     graph: bool = True, backend: str = "inductor", pdl: bool = False) -> LatencyResult:
+                     graph: bool = True, backend: str = "inductor", pdl: bool = False,
+                     combo_kernels: bool = False) -> LatencyResult:
     """One decode step of ``model.forward`` under ``torch.compile`` (whole model, ``fullgraph``,
     static KV cache): timed as called (``decode_eager``: a compiled model without CUDA graphs)
     and replayed from a CUDA graph. The packed linears are one operator node each
     (``kernels/op.py``); inductor fuses the rest. The prompt is prefilled uncompiled. ``pdl``:
     compiled and run with inductor's programmatic dependent launch (``pdl_available()``), which
-    the packed linears follow."""
-    with inductor_pdl(pdl):
+    the packed linears follow. ``combo_kernels``: inductor launches independent small kernels as
+    one (its ``combo_kernels`` setting)."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_pdl(pdl), inductor_config.patch(combo_kernels=combo_kernels):
         return _measure_compiled(model, variant, batch=batch, prompt_len=prompt_len, reps=reps, graph=graph,
                                  backend=backend)
 

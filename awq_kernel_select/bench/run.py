@@ -38,6 +38,10 @@ class BenchConfig:
     fuse: bool = True  # also time aks_gemv with q/k/v and gate/up fused (fuse_projections); GPU only
     eager_rounds: int = 10  # eager decode steps: rounds of 5 steps per variant, the variants in turn
     pdl: bool = True  # also compile fp16 and the fused model with inductor's PDL (sm90+; ours follows)
+    # inductor's combo kernels for every compiled variant on a GPU: independent small kernels (the
+    # rotary embeddings of q and k, the cache writes) launched as one (H100, 7B-shaped step:
+    # -1.7% fused 4-bit, -0.4% fp16; docs/benchmarks.md, session 9)
+    combo_kernels: bool = True
     progress: Callable[[str], None] = print
 
 
@@ -172,12 +176,15 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         runs = [(v, False) for v in ("fp16", "aks_gemv", "aks_gemv_fused", "torch_dequant") if v in variants]
         if cfg.pdl and on_gpu and cfg.compile_backend == "inductor" and pdl_available():
             runs += [(v, True) for v in ("fp16", "aks_gemv_fused") if v in variants]
+        if cfg.combo_kernels and on_gpu:
+            notes.append("+compile variants: inductor's combo kernels on (independent small kernels launched as one; "
+                         "--no-combo-kernels turns them off)")
         for name, pdl in runs:
             label = f"{name}+compile{'+pdl' if pdl else ''}"
             say(f"torch.compile: {label} (whole model, fullgraph; ~30 s) ...")
             result = measure_compiled(variants[name], label, prompt_len=prompt_len,
                                       reps=cfg.reps if on_gpu else 3, graph=cfg.graph, backend=cfg.compile_backend,
-                                      pdl=pdl)
+                                      pdl=pdl, combo_kernels=cfg.combo_kernels and on_gpu)
             single.append(result)
             notes += [f"{result.variant}: {n}" for n in result.notes]
     elif cfg.compile is None:

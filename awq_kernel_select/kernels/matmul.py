@@ -1,11 +1,13 @@
 """The fused int4 matmul: ``out = x @ W^T + bias`` with ``W`` dequantized in registers.
 
-History that shaped it (H100 sweeps and SASS counts, docs/kernels.md): the FMA paths use the
-fp32 bit trick of ``tiles.py`` nibble by nibble, through small PTX helpers on the GPU; the
-``tl.dot`` paths decode each packed word in fp16x2 pairs (Marlin's LOP3 trick). In this
-memory-bound regime the instruction count per weight sets the speed (an SM has to take ~23
-weights per clock): 6.1 -> 4.5 SASS instructions per weight took the GEMV layout at M = 1 from
-50% to 56-59% of bandwidth on the 70B shapes; 9 -> 4 took M = 16 from ~1x to 1.5-1.9x fp16.
+History that shaped it (H100 sweeps and SASS counts, docs/kernels.md): the GEMV layout's
+one-token path for fp16 x decodes two words at a time in fp16x2 pairs and dots them with x's
+fp16x2 pairs (``tiles.dot16_f16x2``); the other FMA paths use the fp32 bit trick of ``tiles.py``
+nibble by nibble; both through small PTX helpers on the GPU; the ``tl.dot`` paths decode each
+packed word in fp16x2 pairs (Marlin's LOP3 trick). In this memory-bound regime the instruction
+count per weight sets the speed (an SM has to take ~23 weights per clock): 6.1 -> 4.5 -> 2.7-3.2
+SASS instructions per weight took the GEMV layout at M = 1 from 50% to 56-59% to 77% of
+bandwidth on the 70B MLP shapes; 9 -> 4 took M = 16 from ~1x to 1.5-1.9x fp16.
 
 One kernel per packed layout; each serves both regimes, chosen by its meta-parameters:
 
@@ -40,14 +42,17 @@ from .launch import interpreting, launch
 from .tiles import (
     dequant_gemm_words_f16,
     dequant_gemv_words_f16,
+    dot16_f16x2,
     dot8_one_plus_q16,
     dot8x2_one_plus_q16,
     fold_zero_into_scale,
     gemv_group_scales_f32,
+    gemv_group_zero_pairs,
     gemv_group_zero_scale,
     nibble_of_output,
     nibble_as_f32_one_plus_q16,
     nibble_fma,
+    x_pairs,
 )
 
 try:  # programmatic dependent launch (sm90+): Triton >= 3.4
@@ -91,6 +96,8 @@ class MatmulConfig:
         if fma and bm not in ((1, 2, 4, 8) if gemv_layout else (1,)):
             raise ValueError(f"{self}: BLOCK_M is {'1, 2, 4 or 8' if gemv_layout else '1'} (FMA) "
                              "or >= 16 (tl.dot)")
+        if gemv_layout and bm == 1 and bk % 16:
+            raise ValueError(f"{self}: the one-token path takes words two at a time: BLOCK_K % 16 == 0")
         if gemv_layout and fma:  # nibble-wise FMA: a tile may span several groups
             if bk > group_size and bk % group_size or bk < group_size and group_size % bk:
                 raise ValueError(f"{self}: BLOCK_K and group_size={group_size} must divide one another")
@@ -190,6 +197,31 @@ def _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight,
     else:
         return tl.load(ptrs, mask=mask_n[:, None] & (offs_pk[None, :] < k_end // 8), other=0,  # k_end <= K
                        eviction_policy="evict_first")
+
+
+@triton.jit
+def _load_gemv_word_pairs(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight,
+                          BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """``_load_gemv_words`` as int64: each holds two neighbouring words (the even one low). The
+    rows are 8-byte aligned (``stride_qweight`` even: K is a multiple of the group size)."""
+    offs_pj = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+    ptrs = qweight_ptr.to(tl.pointer_type(tl.int64)) + offs_n[:, None] * (stride_qweight // 2) + offs_pj[None, :]
+    if EVEN_K:
+        inside = tl.full((1, BLOCK_K // 16), k0, tl.int32) < k_end  # one value: keeps the 16-byte loads
+        return tl.load(ptrs, mask=mask_n[:, None] & inside, other=0, eviction_policy="evict_first")
+    else:
+        return tl.load(ptrs, mask=mask_n[:, None] & (offs_pj[None, :] < k_end // 16), other=0,
+                       eviction_policy="evict_first")
+
+
+@triton.jit
+def _load_fma_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight,
+                    BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PAIRS: tl.constexpr):
+    """The FMA paths' words: int32 (``_load_gemv_words``) or int64 pairs (``PAIRS``)."""
+    if PAIRS:
+        return _load_gemv_word_pairs(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
+    else:
+        return _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
 
 
 @triton.jit
@@ -376,6 +408,8 @@ def awq_gemv_layout_kernel(
     INTERLEAVE_K: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
+    # one fp16 token per program: fp16x2 arithmetic, words and x read as int64 (8-byte aligned)
+    X_F16: tl.constexpr = BLOCK_M == 1 and x_ptr.dtype.element_ty == tl.float16
     WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
     if not WORDS_FIRST:
         _wait_for_previous_kernel(PDL)
@@ -399,7 +433,9 @@ def awq_gemv_layout_kernel(
     tile = _output_tile(INTERLEAVE_K)  # here, not after the loop: see _output_tile
 
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
-        if BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
+        if X_F16:  # one [BLOCK_N, BLOCK_K / 16] accumulator: a column per pair of words
+            acc2 = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
+        elif BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
             acc_z = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
             if BLOCK_M == 2:
@@ -408,8 +444,8 @@ def awq_gemv_layout_kernel(
         else:
             acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
         if PREFETCH:
-            q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k_start, k_end, stride_qweight,
-                                      BLOCK_K, EVEN_K)
+            q_next = _load_fma_words(qweight_ptr, offs_n, mask_n, k_start, k_end, stride_qweight,
+                                     BLOCK_K, EVEN_K, X_F16)
             _wait_for_previous_kernel(PDL)  # while those words are on their way
     else:
         if W_FIRST:
@@ -423,46 +459,56 @@ def awq_gemv_layout_kernel(
     for k0 in range(k_start, k_end, k_step):
         if FMA:  # nibble by nibble: no reshape, x gathered at stride 8
             offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
+            if X_F16:  # one fp16 token: words decoded and dotted in fp16x2 pairs, two words at a time
+                low, high, s16 = gemv_group_zero_pairs(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
+                                                       stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
+                offs_pj = k0 // 16 + tl.arange(0, BLOCK_K // 16)  # pairs of words
+                e0, e1, e2, e3 = x_pairs(x_ptr + pid_m * stride_xm, 2 * offs_pj, K, EVEN_K, USE_PTX)
+                o0, o1, o2, o3 = x_pairs(x_ptr + pid_m * stride_xm, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
             if PREFETCH:  # this tile's words were loaded one iteration ago; load the next tile's
                 q = q_next
-                q_next = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0 + k_step, k_end,
-                                          stride_qweight, BLOCK_K, EVEN_K)
+                q_next = _load_fma_words(qweight_ptr, offs_n, mask_n, k0 + k_step, k_end, stride_qweight,
+                                         BLOCK_K, EVEN_K, X_F16)
             else:
-                q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
-            s16, zs = gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
-                                            stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
-            if BLOCK_M == 1:  # x[8j + c] for c = 0..7: eight loads at stride 8
-                xs = x_ptr + pid_m * stride_xm + offs_pk * 8
-                x0, x1, x2, x3, x4, x5, x6, x7 = _load_x8(xs, K - offs_pk * 8, EVEN_K)
-                t = dot8_one_plus_q16(q, x0[None, :], x1[None, :], x2[None, :], x3[None, :],
-                                      x4[None, :], x5[None, :], x6[None, :], x7[None, :], USE_PTX)
-                acc2, acc_z = _accumulate_words(acc2, acc_z, t, _sum8(x0, x1, x2, x3, x4, x5, x6, x7), s16, zs,
-                                                BLOCK_K, GROUP_SIZE)
-            elif BLOCK_M == 2:  # two tokens: each word decoded once for both
-                xs = x_ptr + pid_m * 2 * stride_xm + offs_pk * 8
-                a0, a1, a2, a3, a4, a5, a6, a7 = _load_x8(xs, K - offs_pk * 8, EVEN_K)
-                # without a second token (M odd), token a again: valid memory, the row is not stored
-                xs_b = xs + tl.where(pid_m * 2 + 1 < M, stride_xm, 0)
-                b0, b1, b2, b3, b4, b5, b6, b7 = _load_x8(xs_b, K - offs_pk * 8, EVEN_K)
-                ta, tb = dot8x2_one_plus_q16(q, a0[None, :], a1[None, :], a2[None, :], a3[None, :], a4[None, :],
-                                             a5[None, :], a6[None, :], a7[None, :], b0[None, :], b1[None, :],
-                                             b2[None, :], b3[None, :], b4[None, :], b5[None, :], b6[None, :],
-                                             b7[None, :], USE_PTX)
-                acc2, acc_z = _accumulate_words(acc2, acc_z, ta, _sum8(a0, a1, a2, a3, a4, a5, a6, a7), s16, zs,
-                                                BLOCK_K, GROUP_SIZE)
-                acc2b, acc_zb = _accumulate_words(acc2b, acc_zb, tb, _sum8(b0, b1, b2, b3, b4, b5, b6, b7), s16, zs,
-                                                  BLOCK_K, GROUP_SIZE)
-            else:  # the same with a token axis in front
-                t3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
-                x_sum2 = tl.zeros((BLOCK_M, BLOCK_K // 8), dtype=tl.float32)
-                for c in tl.static_range(8):
-                    f = nibble_as_f32_one_plus_q16(q, c)
-                    offs_k = offs_pk * 8 + c
-                    x2 = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                                 mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float32)
-                    t3 += f[None, :, :] * x2[:, None, :]
-                    x_sum2 += x2
-                acc3 += s16[None, :, :] * t3 + zs[None, :, :] * x_sum2[:, None, :]
+                q = _load_fma_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K, X_F16)
+            if X_F16:
+                acc2 += s16 * dot16_f16x2(q, e0[None, :], e1[None, :], e2[None, :], e3[None, :], o0[None, :],
+                                          o1[None, :], o2[None, :], o3[None, :], low, high, USE_PTX)
+            else:
+                s16, zs = gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
+                                                stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
+                if BLOCK_M == 1:  # x[8j + c] for c = 0..7: eight loads at stride 8
+                    xs = x_ptr + pid_m * stride_xm + offs_pk * 8
+                    x0, x1, x2, x3, x4, x5, x6, x7 = _load_x8(xs, K - offs_pk * 8, EVEN_K)
+                    t = dot8_one_plus_q16(q, x0[None, :], x1[None, :], x2[None, :], x3[None, :],
+                                          x4[None, :], x5[None, :], x6[None, :], x7[None, :], USE_PTX)
+                    acc2, acc_z = _accumulate_words(acc2, acc_z, t, _sum8(x0, x1, x2, x3, x4, x5, x6, x7), s16, zs,
+                                                    BLOCK_K, GROUP_SIZE)
+                elif BLOCK_M == 2:  # two tokens: each word decoded once for both
+                    xs = x_ptr + pid_m * 2 * stride_xm + offs_pk * 8
+                    a0, a1, a2, a3, a4, a5, a6, a7 = _load_x8(xs, K - offs_pk * 8, EVEN_K)
+                    # without a second token (M odd), token a again: valid memory, the row is not stored
+                    xs_b = xs + tl.where(pid_m * 2 + 1 < M, stride_xm, 0)
+                    b0, b1, b2, b3, b4, b5, b6, b7 = _load_x8(xs_b, K - offs_pk * 8, EVEN_K)
+                    ta, tb = dot8x2_one_plus_q16(q, a0[None, :], a1[None, :], a2[None, :], a3[None, :], a4[None, :],
+                                                 a5[None, :], a6[None, :], a7[None, :], b0[None, :], b1[None, :],
+                                                 b2[None, :], b3[None, :], b4[None, :], b5[None, :], b6[None, :],
+                                                 b7[None, :], USE_PTX)
+                    acc2, acc_z = _accumulate_words(acc2, acc_z, ta, _sum8(a0, a1, a2, a3, a4, a5, a6, a7), s16, zs,
+                                                    BLOCK_K, GROUP_SIZE)
+                    acc2b, acc_zb = _accumulate_words(acc2b, acc_zb, tb, _sum8(b0, b1, b2, b3, b4, b5, b6, b7), s16, zs,
+                                                      BLOCK_K, GROUP_SIZE)
+                else:  # the same with a token axis in front
+                    t3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+                    x_sum2 = tl.zeros((BLOCK_M, BLOCK_K // 8), dtype=tl.float32)
+                    for c in tl.static_range(8):
+                        f = nibble_as_f32_one_plus_q16(q, c)
+                        offs_k = offs_pk * 8 + c
+                        x2 = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float32)
+                        t3 += f[None, :, :] * x2[:, None, :]
+                        x_sum2 += x2
+                    acc3 += s16[None, :, :] * t3 + zs[None, :, :] * x_sum2[:, None, :]
         else:  # whole tile for tl.dot, the weight tile decoded in fp16x2 pairs (x's K order permuted to match)
             if PREFETCH:  # this tile was loaded one iteration ago; load the next one
                 q, z, s, x_t = q_next, z_next, s_next, x_next
@@ -479,7 +525,9 @@ def awq_gemv_layout_kernel(
                 acc_t = tl.dot(w, x_t, acc_t)
             else:
                 acc = tl.dot(tl.trans(x_t), tl.trans(w), acc)
-    if FMA and BLOCK_M == 1:
+    if X_F16:
+        acc = tl.sum(acc2, axis=1)[None, :]
+    elif FMA and BLOCK_M == 1:
         acc = (tl.sum(acc2, axis=1) + tl.sum(acc_z, axis=1))[None, :]
     elif FMA and BLOCK_M == 2:  # [2, BLOCK_N]: token a, token b
         acc = tl.trans(tl.join(tl.sum(acc2, axis=1) + tl.sum(acc_z, axis=1),
@@ -574,6 +622,11 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     grid, k_iters, split_k = _geometry(cfg, gemv_layout, group_size, M, N, K)
     if x.stride(-1) != 1:
         x = x.contiguous()
+    if gemv_layout and cfg.block_m == 1 and x.dtype == torch.float16:  # x and W read as int64 words
+        if K % 16 or qweight.data_ptr() % 8:
+            raise ValueError(f"the one-token fp16 path needs K % 16 == 0 and 8-byte aligned qweight (K = {K})")
+        if x.data_ptr() % 8 or x.stride(0) % 4:
+            x = x.clone(memory_format=torch.contiguous_format)
     dtype = out_dtype or x.dtype
     out = torch.empty(M, N, dtype=dtype, device=x.device)
     if split_k > 1:

@@ -1,13 +1,15 @@
 """Triton helpers that dequantize tiles of AutoAWQ's packed int4 words in registers.
 
-Three ways, each used where it measured faster on the H100 (docs/kernels.md):
+Four ways, each used where it measured faster on the H100 (docs/kernels.md):
 
 * **words in fp16x2 pairs** (``dequant8_f16``, ``words_to_f16``, the ``tl.dot`` paths): one LOP3
   decodes two nibbles of a word at once into an fp16x2 (Marlin's trick), in PTX on the GPU;
 * **whole tiles** (``dequant_*_layout_tile``, fp16, the dequantize kernel): the 8 nibbles of each
   word are unpacked along a new axis and the tile is reshaped to ``[BLOCK_K, BLOCK_N]`` (or
   ``[BLOCK_N, BLOCK_K]``);
-* **nibble by nibble** (``nibble_as_f32_one_plus_q16``, the FMA paths): nibble ``c`` of word
+* **one token in fp16x2** (``dot16_f16x2``, the GEMV layout's one-token path for fp16 x): two
+  neighbouring words decoded in fp16x2 pairs and dotted with x's fp16x2 pairs, in PTX on the GPU;
+* **nibble by nibble** (``nibble_as_f32_one_plus_q16``, the other FMA paths): nibble ``c`` of word
   ``[n, j]`` is taken in the register layout of the loaded words, with no reshape. On the GPU
   two PTX helpers do it (``dot8_one_plus_q16`` for a GEMV-layout word, ``nibble_fma`` for one
   GEMM-layout weight); each has its plain-Triton twin, which the CPU interpreter runs.
@@ -127,6 +129,141 @@ def dot8_one_plus_q16(words, x0, x1, x2, x3, x4, x5, x6, x7, USE_PTX: tl.constex
         return dot8_one_plus_q16_reference(words, x0, x1, x2, x3, x4, x5, x6, x7)
 
 
+# Packed words of the GEMV layout (8 consecutive K columns each) dotted with x in fp16x2, for
+# fp16 activations at M = 1: about 2 instructions per weight where ``dot8_one_plus_q16`` spends
+# 3. One LOP3 takes two nibbles at once into the two halves of an fp16x2 with the magic
+# exponent of 1024 (``0x6400 | q`` reads as ``1024 + q``; a nibble left in bits 4..7 reads as
+# ``1024 + 16 q``), one HFMA2 takes the pair to ``(q - z) / 16`` exactly (``(1024 + q) / 16 -
+# (64 + z / 16)`` and ``(1024 + 16 q) / 256 - (4 + z / 16)``: every value on the way is an
+# fp16 number), HFMA2s multiply the pairs by x's pairs and add them, and the two halves go to
+# fp32. Nibbles c and c + 4 share a pair: x comes as ``(x_c, x_{c+4})`` pairs (``x_pairs``).
+# Two neighbouring words (one int64) share one fp16x2 sum, so the halves go to fp32 once per 16
+# weights: each half sums 8 products rounded to fp16 (11 bits) before it reaches the fp32
+# accumulator; ``/ 16`` keeps it in range for |x| up to ~8000 (each product is at most |x|).
+def _decoded_pairs(word: str) -> str:
+    """PTX: ``(q - z) / 16`` of nibbles (0, 4), (1, 5), (2, 6), (3, 7) of ``word`` into the
+    fp16x2 registers a, b, c, d (``$10``, ``$11``: ``zero_pairs``)."""
+    return f"""shr.u32 t, {word}, 8;
+lop3.b32 a, {word}, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 b, {word}, 0x00F000F0, 0x64006400, 0xEA;
+lop3.b32 c, t, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 d, t, 0x00F000F0, 0x64006400, 0xEA;
+fma.rn.f16x2 a, a, k16, $10;
+fma.rn.f16x2 b, b, k256, $11;
+fma.rn.f16x2 c, c, k16, $10;
+fma.rn.f16x2 d, d, k256, $11;
+"""
+
+
+_DOT16_F16X2_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 w0, w1, t, a, b, c, d, k16, k256, acc;
+.reg .f16 lo, hi;
+.reg .f32 flo, fhi;
+mov.b64 {w0, w1}, $1;
+mov.b32 k16, 0x2C002C00;
+mov.b32 k256, 0x1C001C00;
+""" + _decoded_pairs("w0") + """mul.rn.f16x2 acc, a, $2;
+fma.rn.f16x2 acc, b, $3, acc;
+fma.rn.f16x2 acc, c, $4, acc;
+fma.rn.f16x2 acc, d, $5, acc;
+""" + _decoded_pairs("w1") + """fma.rn.f16x2 acc, a, $6, acc;
+fma.rn.f16x2 acc, b, $7, acc;
+fma.rn.f16x2 acc, c, $8, acc;
+fma.rn.f16x2 acc, d, $9, acc;
+mov.b32 {lo, hi}, acc;
+cvt.f32.f16 flo, lo;
+cvt.f32.f16 fhi, hi;
+add.rn.f32 $0, flo, fhi;
+}
+""")
+
+
+@triton.jit
+def dot16_f16x2(words2, e0, e1, e2, e3, o0, o1, o2, o3, low, high, USE_PTX: tl.constexpr):
+    """``sum_c (q_c - z) / 16 * x_c`` over the 16 nibbles of two neighbouring words held in one
+    int64 (the low word: the even packed column, x pairs ``e``; the high one: the odd column,
+    x pairs ``o``), fp32; x as ``x_pairs``, the zero as ``zero_pairs``; in PTX on a GPU."""
+    if USE_PTX:
+        return tl.inline_asm_elementwise(_DOT16_F16X2_PTX, "=f,l,r,r,r,r,r,r,r,r,r,r",
+                                         [words2, e0, e1, e2, e3, o0, o1, o2, o3, low, high],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return (dot8_f16x2_reference(words2.to(tl.int32), e0, e1, e2, e3, low)
+                + dot8_f16x2_reference((words2 >> 32).to(tl.int32), o0, o1, o2, o3, low))
+
+
+@triton.jit
+def zero_pairs(z):
+    """The fp16x2 bit patterns of ``-(64 + z / 16)`` and ``-(4 + z / 16)`` (both halves), for
+    int32 ``z`` in 0..15: the constants ``dot16_f16x2`` adds to its decoded pairs."""
+    low = 0xD400 + z  # -(64 + z / 16): the ulp of 64 is 1 / 16
+    high = 0xC400 + 16 * z  # -(4 + z / 16): the ulp of 4 is 1 / 256
+    return low | (low << 16), high | (high << 16)
+
+
+@triton.jit
+def _half(pair, H: tl.constexpr):
+    """Half ``H`` (0: low, 1: high) of fp16x2 bit patterns, as fp32."""
+    return ((pair >> (16 * H)) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+_X_PAIRS_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 a, b, c, d;
+mov.b64 {a, b}, $4;
+mov.b64 {c, d}, $5;
+prmt.b32 $0, a, c, 0x5410;
+prmt.b32 $1, a, c, 0x7632;
+prmt.b32 $2, b, d, 0x5410;
+prmt.b32 $3, b, d, 0x7632;
+}
+""")
+
+
+@triton.jit
+def x_pairs(x_ptr, offs_pk, K, EVEN_K: tl.constexpr, USE_PTX: tl.constexpr):
+    """x's fp16 values ``8j .. 8j + 7`` for the packed columns ``j = offs_pk`` as four fp16x2
+    bit patterns ``(x_c, x_{c+4})``, c = 0..3 (int32; zero from column K on unless ``EVEN_K``).
+    ``x_ptr`` points to fp16 and is 8-byte aligned: x is read as two int64 words per packed
+    column, and the halves are paired with one PRMT each on a GPU."""
+    words = x_ptr.to(tl.pointer_type(tl.int64)) + offs_pk * 2
+    if EVEN_K:
+        lo = tl.load(words)  # (x0, x1, x2, x3)
+        hi = tl.load(words + 1)  # (x4, x5, x6, x7)
+    else:
+        lo = tl.load(words, mask=offs_pk < K // 8, other=0)
+        hi = tl.load(words + 1, mask=offs_pk < K // 8, other=0)
+    if USE_PTX:
+        return tl.inline_asm_elementwise(_X_PAIRS_PTX, "=r,=r,=r,=r,l,l", [lo, hi],
+                                         dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+    else:
+        a = lo.to(tl.int32)  # (x0, x1)
+        b = (lo >> 32).to(tl.int32)  # (x2, x3)
+        c = hi.to(tl.int32)  # (x4, x5)
+        d = (hi >> 32).to(tl.int32)  # (x6, x7)
+        return ((a & 0xFFFF) | (c << 16), ((a >> 16) & 0xFFFF) | ((c >> 16) << 16),
+                (b & 0xFFFF) | (d << 16), ((b >> 16) & 0xFFFF) | ((d >> 16) << 16))
+
+
+@triton.jit
+def _pair_products(words, C: tl.constexpr, pair, z):
+    """``(q_c - z) / 16 * x_c + (q_{c+4} - z) / 16 * x_{c+4}`` in fp32, x as the fp16x2 ``pair``."""
+    q_lo = ((words >> (4 * C)) & 0xF).to(tl.float32)
+    q_hi = ((words >> (4 * C + 16)) & 0xF).to(tl.float32)
+    return (q_lo - z) * 0.0625 * _half(pair, 0) + (q_hi - z) * 0.0625 * _half(pair, 1)
+
+
+@triton.jit
+def dot8_f16x2_reference(words, p0, p1, p2, p3, low):
+    """``sum_c (q_c - z) / 16 * x_c`` over one word's 8 nibbles in fp32: the arithmetic of
+    ``dot16_f16x2`` without its fp16 roundings, ``z`` read back from ``low`` (``zero_pairs``)."""
+    z = (low & 0xF).to(tl.float32)
+    t = _pair_products(words, 0, p0, z) + _pair_products(words, 1, p1, z)
+    t += _pair_products(words, 2, p2, z) + _pair_products(words, 3, p3, z)
+    return t
+
+
 # One weight of the GEMM layout's FMA path: ``acc + ((1 + q/16) * 16s - (16 + z)s) * x`` with
 # ``q`` the nibble that a left rotation by ``rot`` brings to bits 19..22 (one funnel shift).
 _NIBBLE_FMA_PTX: tl.constexpr = tl.constexpr("""
@@ -181,6 +318,27 @@ def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qze
                     mask=mask_n[:, None], other=0.0).to(tl.float32)
         z = ((zw >> ((group % 8) * 4)[None, :]) & 0xF).to(tl.float32)
         return fold_zero_into_scale(s, z)
+
+
+@triton.jit
+def gemv_group_zero_pairs(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                          GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``zero_pairs(z)`` and ``16 s`` (fp32) for the GEMV-layout tile at column ``k0``: per row
+    (``[BLOCK_N, 1]``) when the tile lies in one group, else per pair of packed columns (16
+    columns of K never straddle a group)."""
+    if BLOCK_K <= GROUP_SIZE:
+        z, s = gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros,
+                                     stride_scales, GROUP_SIZE)
+        z = z[:, None]
+        s = s[:, None]
+    else:
+        group = (k0 + 16 * tl.arange(0, BLOCK_K // 16)) // GROUP_SIZE
+        zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + (group // 8)[None, :],
+                     mask=mask_n[:, None], other=0)
+        s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group[None, :], mask=mask_n[:, None], other=0.0)
+        z = (zw >> ((group % 8) * 4)[None, :]) & 0xF
+    low, high = zero_pairs(z)
+    return low, high, 16.0 * s.to(tl.float32)
 
 
 # --- whole tiles ---------------------------------------------------------------------------
