@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--ours-pdl", type=int, nargs="+", choices=[0, 1], default=[0, 1])
     parser.add_argument("--combo-kernels", type=int, choices=[0, 1], default=0,
                         help="inductor's combo kernels (independent small kernels launched as one)")
+    parser.add_argument("--coordinate-descent", type=int, choices=[0, 1], default=0,
+                        help="inductor's coordinate_descent_tuning (tunes each kernel's launch settings at compile time)")
     parser.add_argument("--hold-gib", type=float, default=0.0,
                         help="GiB of other tensors held on the GPU (allocated first), as the bench's other models")
     parser.add_argument("--layers", type=int, default=32)
@@ -115,6 +117,7 @@ def main() -> None:
     del built
     inductor_triton.enable_pdl = bool(args.inductor_pdl)
     torch._inductor.config.combo_kernels = bool(args.combo_kernels)
+    torch._inductor.config.coordinate_descent_tuning = bool(args.coordinate_descent)
     graphs: dict[str, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
     with torch.no_grad():
         prompt = _prompt(model, 1, 128, device)
@@ -134,6 +137,7 @@ def main() -> None:
         for ours_on in args.ours_pdl if args.model != "fp16" else [0]:
             ours_pdl(model, bool(ours_on))
             label = (f"{args.model} inductor_pdl={args.inductor_pdl} ours_pdl={ours_on} combo={args.combo_kernels}"
+                     + (" coordinate_descent" if args.coordinate_descent else "")
                      + (f" holding {len(held) / 2:g} GiB" if held else ""))
             graphs[label] = capture(step)
     errors: dict[str, list[float]] = {name: [] for name in graphs}

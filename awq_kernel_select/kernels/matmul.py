@@ -457,9 +457,13 @@ def awq_gemv_layout_kernel(
                                                              mask_n, M, k_start, k_end, stride_xm, stride_qweight,
                                                              stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K, EVEN_K)
     for k0 in range(k_start, k_end, k_step):
-        if FMA:  # nibble by nibble: no reshape, x gathered at stride 8
+        if FMA:  # word by word in the words' register layout: no reshape
             offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
-            if X_F16:  # one fp16 token: words decoded and dotted in fp16x2 pairs, two words at a time
+            # One fp16 token: words decoded and dotted in fp16x2 pairs, two words at a time. The zeros,
+            # scales and x are read before the words: Triton then gives the tile the words' 16-byte
+            # load layout (read after them, the layout of the per-row zeros won and each thread held a
+            # whole row: x's pairs made for every row, +40% instructions; docs/data/sass-per-weight.md).
+            if X_F16:
                 low, high, s16 = gemv_group_zero_pairs(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
                                                        stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
                 offs_pj = k0 // 16 + tl.arange(0, BLOCK_K // 16)  # pairs of words
@@ -623,8 +627,9 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     if x.stride(-1) != 1:
         x = x.contiguous()
     if gemv_layout and cfg.block_m == 1 and x.dtype == torch.float16:  # x and W read as int64 words
-        if K % 16 or qweight.data_ptr() % 8:
-            raise ValueError(f"the one-token fp16 path needs K % 16 == 0 and 8-byte aligned qweight (K = {K})")
+        if K % 16 or qweight.data_ptr() % 8 or qweight.stride(0) % 2:
+            raise ValueError(f"the one-token fp16 path reads qweight as int64: it needs K % 16 == 0 and 8-byte "
+                             f"aligned rows (K = {K}, row stride {qweight.stride(0)} words)")
         if x.data_ptr() % 8 or x.stride(0) % 4:
             x = x.clone(memory_format=torch.contiguous_format)
     dtype = out_dtype or x.dtype
