@@ -96,16 +96,18 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
     program up to M = 2, the GEMM layout one FMA program row per token at M = 1; above, both run a
     16-row ``tl.dot`` ``out^T = W @ x^T`` on words decoded in fp16x2 pairs, loading the next tile
     early: best on 64 output columns x 128 K on 4 warps (GEMM layout) or 128 x 128 on 8 warps
-    (GEMV layout), with 4 (GEMM) or 2 (GEMV) programs per SM. At M = 1 the GEMV layout's best tiles were 256
-    rows x 128 columns on 8 warps, loading the next tile early, with about 8 programs per SM; at
-    M = 2 the same tile on 4 warps (both tokens in one program). (Session 6's M = 1 tiles with
-    ``interleave_k``, 1-16% faster on the H100, are in its tuned table only: this heuristic is
-    for GPUs nobody has timed, and keeps the tiles measured longest.)
+    (GEMV layout), with 4 (GEMM) or 2 (GEMV) programs per SM. At M = 1 the GEMV layout's fp16x2
+    kernel (session 9) is best on 64 rows x 128 columns on 4 warps, loading the next tile early,
+    with about 8 programs per SM (its 256-row tiles of sessions 3-8 ran up to 45% slower); at
+    M = 2 256 rows on 4 warps (both tokens in one program). (The M = 1 tiles with
+    ``interleave_k``, a few percent faster on the H100, are in its tuned table only: this
+    heuristic is for GPUs nobody has timed.)
     """
     if gemv_layout and m <= 2:
         block_k = min(group_size, 128)
-        split = _split_k(8 * sm_count, -(-n // 256), -(-k // block_k), 64 if m == 1 else 32)
-        return MatmulConfig(m, 256, block_k, split, 8 if m == 1 else 4, 3, prefetch=m == 1)
+        block_n = 64 if m == 1 else 256
+        split = _split_k(8 * sm_count, -(-n // block_n), -(-k // block_k), 64 if m == 1 else 32)
+        return MatmulConfig(m, block_n, block_k, split, 4, 3, prefetch=m == 1)
     if not gemv_layout and m == 1:
         block_k = min(group_size, 64)
         return MatmulConfig(1, 256, block_k, _split_k(4 * sm_count, -(-n // 256), -(-k // block_k), 16), 4, 3)
