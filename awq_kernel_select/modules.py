@@ -212,3 +212,14 @@ def set_path(model: nn.Module, path: str) -> None:
     for child in model.modules():
         if isinstance(child, AWQLinear):
             child.path = path
+
+
+def drop_kept_launches(model: nn.Module) -> None:
+    """Forget every kept launch: each packed layer's (eager) and the operator's (compiled), so
+    that the next call of each layer plans and launches afresh; for after a setting a kept launch
+    has baked in changed (``kernels.matmul.USE_PDL``, the tuned table). Buffers replaced through
+    the module drop theirs already."""
+    op.drop_kept()
+    for child in model.modules():
+        if isinstance(child, AWQLinear):
+            child._replays.clear()

@@ -36,9 +36,9 @@ from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt  # 
 from awq_kernel_select.bench.model import embedded_models  # noqa: E402
 from awq_kernel_select.bench.timing import time_graph  # noqa: E402
 from awq_kernel_select.fuse import fuse_projections  # noqa: E402
-from awq_kernel_select.kernels import dispatch, op  # noqa: E402
+from awq_kernel_select.kernels import dispatch  # noqa: E402
 from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
-from awq_kernel_select.modules import AWQLinear, set_layout  # noqa: E402
+from awq_kernel_select.modules import drop_kept_launches, set_layout  # noqa: E402
 
 SHAPES = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)]  # (K, N): q/k/v, o, gate/up, down
 GROUP = 128
@@ -63,10 +63,7 @@ def use_tiles(tiles: dict[tuple[int, int], MatmulConfig], scratch: Path, model: 
     os.environ["AWQ_KERNEL_SELECT_TUNED"] = os.pathsep.join(str(f) for f in [*files, scratch])
     dispatch._tuned_table.cache_clear()
     dispatch.plan.cache_clear()
-    op._KEPT.clear()
-    for m in model.modules():
-        if isinstance(m, AWQLinear):
-            m._replays.clear()
+    drop_kept_launches(model)
 
 
 def main() -> None:

@@ -41,17 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt  # noqa: E402
 from awq_kernel_select.bench.model import embedded_models  # noqa: E402
 from awq_kernel_select.fuse import fuse_projections  # noqa: E402
-from awq_kernel_select.kernels import matmul, op  # noqa: E402
-from awq_kernel_select.modules import AWQLinear, set_layout  # noqa: E402
+from awq_kernel_select.kernels import matmul  # noqa: E402
+from awq_kernel_select.modules import drop_kept_launches, set_layout  # noqa: E402
 
 
 def ours_pdl(model: torch.nn.Module, on: bool) -> None:
     """Our kernels launched with PDL or not from the next launch on (kept launches dropped)."""
     matmul.USE_PDL = on
-    op._KEPT.clear()
-    for m in model.modules():
-        if isinstance(m, AWQLinear):
-            m._replays.clear()
+    drop_kept_launches(model)
 
 
 def capture(step: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

@@ -277,6 +277,21 @@ def test_kept_launches_are_dropped_when_buffers_change() -> None:
     assert rel_err(mod(x), expected) < TOL
 
 
+def test_drop_kept_launches_forgets_the_modules_and_the_operators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a setting a kept launch baked in changes (PDL, tiles), every layer plans afresh."""
+    from awq_kernel_select.kernels import op
+    from awq_kernel_select.modules import AKSLinearGEMV, drop_kept_launches
+
+    k, n = SHAPES[0]
+    model = torch.nn.Sequential(AKSLinearGEMV.from_packed(random_packed(k, n, 64, "gemv", seed=4)),
+                                AKSLinearGEMV.from_packed(random_packed(k, n, 64, "gemv", seed=5)))
+    monkeypatch.setattr(op, "_KEPT", {("a key",): ((), lambda x: x)})
+    for layer in model:
+        layer._replays[("a key",)] = lambda x: x
+    drop_kept_launches(model)
+    assert not op._KEPT and not any(layer._replays for layer in model)
+
+
 def test_tuned_table_lookup_falls_back_to_the_next_bucket(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """M = 5..8 with no bucket-8 entry uses bucket 16's; never crosses into the M > 16 regime."""
     import json

@@ -39,6 +39,11 @@ _MAX_KEPT = 4096
 _KEPT: dict[tuple[Any, ...], tuple[tuple[weakref.ref[torch.Tensor] | None, ...], Replay]] = {}
 
 
+def drop_kept() -> None:
+    """Forget every kept launch of the operator (the next call of each layer plans afresh)."""
+    _KEPT.clear()
+
+
 def policy_args(policy: DispatchPolicy = DEFAULT_DISPATCH) -> tuple[int, int, int, int]:
     """A dispatch policy as the operator's last four arguments (an operator takes no objects)."""
     return (policy.gemv_max_tokens, policy.dequant_min_tokens, policy.dequant_chunk_bytes,

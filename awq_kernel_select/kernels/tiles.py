@@ -303,40 +303,40 @@ def gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qze
 
 
 @triton.jit
-def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
-                          GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``(16 s, -(16 + z) s)`` in fp32 for the GEMV-layout tile at column ``k0`` (see the top)."""
-    if BLOCK_K <= GROUP_SIZE:  # one group: one value per row, loaded as [BLOCK_N, 1] (no layout conversion)
-        z, s = gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n[:, None], mask_n[:, None], k0, stride_qzeros,
+def gemv_tile_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                         GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, WIDTH: tl.constexpr):
+    """The zero (int32) and scale of the GEMV-layout tile at column ``k0``: one per row,
+    ``[BLOCK_N, 1]``, when the tile lies in one group (loaded in that shape: no layout
+    conversion), else one per ``WIDTH`` columns of K, ``[BLOCK_N, BLOCK_K / WIDTH]`` (``WIDTH``
+    columns never straddle a group)."""
+    if BLOCK_K <= GROUP_SIZE:
+        return gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n[:, None], mask_n[:, None], k0, stride_qzeros,
                                      stride_scales, GROUP_SIZE)
-        return fold_zero_into_scale(s.to(tl.float32), z.to(tl.float32))
-    else:  # several groups: one value per packed column j (8 columns never straddle a group)
-        group = (k0 + 8 * tl.arange(0, BLOCK_K // 8)) // GROUP_SIZE
+    else:
+        group = (k0 + WIDTH * tl.arange(0, BLOCK_K // WIDTH)) // GROUP_SIZE
         zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + (group // 8)[None, :],
                      mask=mask_n[:, None], other=0)
-        s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group[None, :],
-                    mask=mask_n[:, None], other=0.0).to(tl.float32)
-        z = ((zw >> ((group % 8) * 4)[None, :]) & 0xF).to(tl.float32)
-        return fold_zero_into_scale(s, z)
+        s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group[None, :], mask=mask_n[:, None], other=0.0)
+        return (zw >> ((group % 8) * 4)[None, :]) & 0xF, s
+
+
+@triton.jit
+def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                          GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``(16 s, -(16 + z) s)`` in fp32 for the GEMV-layout tile at column ``k0`` (see the top):
+    per row, or per packed column j when the tile spans groups."""
+    z, s = gemv_tile_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                                GROUP_SIZE, BLOCK_K, 8)
+    return fold_zero_into_scale(s.to(tl.float32), z.to(tl.float32))
 
 
 @triton.jit
 def gemv_group_zero_pairs(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
                           GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``zero_pairs(z)`` and ``16 s`` (fp32) for the GEMV-layout tile at column ``k0``: per row
-    (``[BLOCK_N, 1]``) when the tile lies in one group, else per pair of packed columns (16
-    columns of K never straddle a group)."""
-    if BLOCK_K <= GROUP_SIZE:
-        z, s = gemv_group_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros,
-                                     stride_scales, GROUP_SIZE)
-        z = z[:, None]
-        s = s[:, None]
-    else:
-        group = (k0 + 16 * tl.arange(0, BLOCK_K // 16)) // GROUP_SIZE
-        zw = tl.load(qzeros_ptr + offs_n[:, None] * stride_qzeros + (group // 8)[None, :],
-                     mask=mask_n[:, None], other=0)
-        s = tl.load(scales_ptr + offs_n[:, None] * stride_scales + group[None, :], mask=mask_n[:, None], other=0.0)
-        z = (zw >> ((group % 8) * 4)[None, :]) & 0xF
+    """``zero_pairs(z)`` and ``16 s`` (fp32) for the GEMV-layout tile at column ``k0``: per row,
+    or per pair of packed columns when the tile spans groups."""
+    z, s = gemv_tile_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
+                                GROUP_SIZE, BLOCK_K, 16)
     low, high = zero_pairs(z)
     return low, high, 16.0 * s.to(tl.float32)
 
