@@ -3,7 +3,7 @@
 from .detect import ComputeCapability, Detection, GpuInfo, detect_compute_capability
 from .policy import DEFAULT_TABLE, KernelSpec, PolicyTable, register_kernel
 from .probes import Target, Verdict, register_probe
-from .fuse import FuseReport, fuse_projections
+from .fuse import FuseReport, GatedMLP, fuse_projections
 from .load import load_quantized
 from .quantize import QuantizeReport, quantize
 from .select import INTERACTIVE, SERVING, NoKernelError, Selection, Workload, select_kernel
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "Detection",
     "FuseReport",
+    "GatedMLP",
     "GpuInfo",
     "INTERACTIVE",
     "KernelSpec",

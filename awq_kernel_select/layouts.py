@@ -191,21 +191,44 @@ def convert(w: PackedWeights, layout: str) -> PackedWeights:
     raise ValueError(f"no lossless conversion from {w.layout} to {layout}")
 
 
+def _check_joinable(parts: list[PackedWeights]) -> PackedWeights:
+    """The first of ``parts``, after checking that all share their input, layout and group size."""
+    first = parts[0]
+    for part in parts[1:]:
+        if (part.layout, part.in_features, part.group_size) != (first.layout, first.in_features, first.group_size):
+            raise ValueError(f"cannot join a {part.layout} layer of {part.in_features} inputs, group "
+                             f"{part.group_size} with a {first.layout} layer of {first.in_features}, group "
+                             f"{first.group_size}")
+    return first
+
+
 def concat_out_features(parts: list[PackedWeights]) -> PackedWeights:
     """One layer whose output is the outputs of ``parts`` side by side (same input, layout and
     group size): the buffers are concatenated along N, which both layouts store per column
     (GEMM: the last dimension, GEMV: the first)."""
-    first = parts[0]
-    for part in parts[1:]:
-        if (part.layout, part.in_features, part.group_size) != (first.layout, first.in_features, first.group_size):
-            raise ValueError(f"cannot concatenate a {part.layout} layer of {part.in_features} inputs, group "
-                             f"{part.group_size} with a {first.layout} layer of {first.in_features}, group "
-                             f"{first.group_size}")
+    first = _check_joinable(parts)
     dim = 1 if first.layout == "gemm" else 0
     qweight, qzeros, scales = (torch.cat([getattr(p, name) for p in parts], dim=dim)
                                for name in ("qweight", "qzeros", "scales"))
     return PackedWeights(first.layout, qweight, qzeros, scales, first.in_features,
                          sum(p.out_features for p in parts), first.group_size)
+
+
+def interleave_out_features(parts: list[PackedWeights]) -> PackedWeights:
+    """One layer whose outputs are those of ``parts`` in turn: output ``len(parts) * j + i`` is
+    output ``j`` of ``parts[i]`` (same input, layout, group size and width). A gated MLP's gate
+    and up rows so woven lie side by side in every tile of output rows, where the kernel's
+    epilogue multiplies them (``kernels/reference.Epilogue``). Lossless: the GEMV layout
+    stores each output row on its own (the GEMM layout is woven there and converted back)."""
+    first = _check_joinable(parts)
+    if any(p.out_features != first.out_features for p in parts):
+        raise ValueError(f"cannot interleave layers of {[p.out_features for p in parts]} outputs: they must match")
+    rows = [convert(p, "gemv") for p in parts]
+    qweight, qzeros, scales = (torch.stack([getattr(p, name) for p in rows], dim=1).flatten(0, 1)
+                               for name in ("qweight", "qzeros", "scales"))
+    woven = PackedWeights("gemv", qweight, qzeros, scales, first.in_features, first.out_features * len(parts),
+                          first.group_size)
+    return convert(woven, first.layout)
 
 
 def integers(w: PackedWeights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

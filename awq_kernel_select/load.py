@@ -149,7 +149,8 @@ def load_quantized(
     library's kernels read both), e.g. to run a GEMM checkpoint on GEMV-layout weights.
     ``fuse_layers=True`` (as in ``from_quantized``) fuses each q/k/v and gate/up group into one
     packed linear (:func:`~awq_kernel_select.fuse.fuse_projections`; the wrapper carries
-    ``awq_fuse_report``); the model's own modules run unchanged.
+    ``awq_fuse_report``); attention runs the model's own code, and a SwiGLU MLP becomes a
+    :class:`~awq_kernel_select.fuse.GatedMLP` (SiLU x up in the gate/up kernel).
     """
     if layout not in (None, "gemm", "gemv"):
         raise ValueError(f"layout={layout!r}: use 'gemm', 'gemv' or None (the selected kernel's)")

@@ -16,6 +16,7 @@ from . import layouts
 from .kernels import op
 from .kernels.dispatch import DEFAULT_DISPATCH, DispatchPolicy, KernelPath, linear_with_replay
 from .kernels.matmul import Replay
+from .kernels.reference import Epilogue
 from .layouts import PackedWeights
 
 
@@ -148,24 +149,28 @@ class AWQLinear(nn.Module):
     def dequantize(self, dtype: torch.dtype = torch.float16) -> torch.Tensor:
         return layouts.dequantize(self.packed(), dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, epilogue: Epilogue = "none") -> torch.Tensor:
+        """``x @ W^T + bias``; ``epilogue="silu_mul"`` (a gated MLP's fused gate and up rows, in
+        turn: ``fuse.py``) returns ``silu(gate) * up``, half as wide."""
         if torch.compiler.is_compiling():  # one opaque operator node for torch.compile (kernels/op.py)
             return op.linear(x, self.qweight, self.qzeros, self.scales, self.bias, self.layout,
-                             self.in_features, self.out_features, self.group_size, self.path, self.dispatch)
+                             self.in_features, self.out_features, self.group_size, self.path, self.dispatch,
+                             epilogue)
         # Eager decode calls each layer with the same shapes over and over: the launch is kept
         # per (rows, dtype, device, path, dispatch policy) and repeated without the dispatch.
         # New buffers or bias (assigned, loaded with assign=True, or moved by .to()) drop them
         # all, in __setattr__ and _apply; this path reads no buffer (each read costs ~1 us of
         # host time, and eager decode is bound by the host). The output is a fresh tensor that
         # does not require grad.
-        key = (x.numel() // self.in_features, x.dtype, x.get_device(), self.path, id(self.dispatch))
+        key = (x.numel() // self.in_features, x.dtype, x.get_device(), self.path, id(self.dispatch), epilogue)
         replay = self._replays.get(key)
         if replay is not None and x.is_contiguous() and x.data_ptr() % 16 == 0:
-            return replay(x.view(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+            out = replay(x.view(-1, self.in_features))
+            return out.view(*x.shape[:-1], out.shape[-1])
         packed = self.packed()  # rebuilt (and the kept launches dropped) if the buffers changed
         with torch.no_grad():
             out, replay = linear_with_replay(x, packed, self.bias, path=self.path,  # type: ignore[arg-type]
-                                             policy=self.dispatch)
+                                             policy=self.dispatch, epilogue=epilogue)
         if replay is not None:
             if len(self._replays) >= 64:  # prefill lengths vary: keep the table small
                 self._replays.clear()

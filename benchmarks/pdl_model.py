@@ -21,6 +21,15 @@ bench's setting since then) and ``--hold-gib N`` (N GiB of other tensors allocat
 bench keeps its other models: made no difference)::
 
     python benchmarks/pdl_model.py --inductor-pdl 1 --ours-pdl 1 --combo-kernels 1 --out DIR
+
+Session 10 added ``--gate 0`` (the fused model without SiLU x up in the gate/up kernel's
+epilogue: the MLP's own SiLU and product run as inductor's kernel, as before session 10) and
+times each graph also with 10 replays back to back per pair of events (the host's submission
+hidden). One model per process: two models compiled and captured in one process (even with
+``torch._dynamo.reset()`` between) ended in an inductor index assertion (``0 <= index < 144``,
+the static cache) on the H100; not traced::
+
+    for g in 0 1; do python benchmarks/pdl_model.py --inductor-pdl 1 --ours-pdl 1 --combo-kernels 1 --gate $g --out DIR; done
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt  # noqa: E402
 from awq_kernel_select.bench.model import embedded_models  # noqa: E402
+from awq_kernel_select.bench.timing import time_replays  # noqa: E402
 from awq_kernel_select.fuse import fuse_projections  # noqa: E402
 from awq_kernel_select.kernels import matmul  # noqa: E402
 from awq_kernel_select.modules import drop_kept_launches, set_layout  # noqa: E402
@@ -68,17 +78,10 @@ def capture(step: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, tor
     return graph, out
 
 
-def replay_us(graph: torch.cuda.CUDAGraph, reps: int) -> float:
-    """Median of ``reps`` replays, each between its own CUDA events."""
-    samples = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000.0)
-    return statistics.median(samples)
+def replay_us(graph: torch.cuda.CUDAGraph, reps: int, per_sample: int = 1) -> float:
+    """Median of ``reps`` samples of ``per_sample`` replays between one pair of CUDA events
+    (``per_sample > 1``: back to back, the host's submission hidden), per replay."""
+    return time_replays(graph, reps=reps, per_sample=per_sample).median_us
 
 
 def main() -> None:
@@ -90,6 +93,8 @@ def main() -> None:
                         help="inductor's combo kernels (independent small kernels launched as one)")
     parser.add_argument("--coordinate-descent", type=int, choices=[0, 1], default=0,
                         help="inductor's coordinate_descent_tuning (tunes each kernel's launch settings at compile time)")
+    parser.add_argument("--gate", type=int, choices=[0, 1], default=1,
+                        help="SiLU x up in the gate/up kernel's epilogue (fuse_projections(gate=...); session 10)")
     parser.add_argument("--hold-gib", type=float, default=0.0,
                         help="GiB of other tensors held on the GPU (allocated first), as the bench's other models")
     parser.add_argument("--layers", type=int, default=32)
@@ -110,7 +115,7 @@ def main() -> None:
         model: torch.nn.Module = built.fp16
     else:
         model = set_layout(copy.deepcopy(built.quantized), "gemv")
-        fuse_projections(model)
+        fuse_projections(model, gate=bool(args.gate))
     del built
     inductor_triton.enable_pdl = bool(args.inductor_pdl)
     torch._inductor.config.combo_kernels = bool(args.combo_kernels)
@@ -134,20 +139,25 @@ def main() -> None:
         for ours_on in args.ours_pdl if args.model != "fp16" else [0]:
             ours_pdl(model, bool(ours_on))
             label = (f"{args.model} inductor_pdl={args.inductor_pdl} ours_pdl={ours_on} combo={args.combo_kernels}"
+                     + (f" gate={args.gate}" if args.model != "fp16" else "")
                      + (" coordinate_descent" if args.coordinate_descent else "")
                      + (f" holding {len(held) / 2:g} GiB" if held else ""))
             graphs[label] = capture(step)
     errors: dict[str, list[float]] = {name: [] for name in graphs}
     times: dict[str, list[float]] = {name: [] for name in graphs}
+    back_to_back: dict[str, list[float]] = {name: [] for name in graphs}
     for _ in range(args.rounds):
         for name, (graph, logits) in graphs.items():
             times[name].append(replay_us(graph, args.reps))
+            back_to_back[name].append(replay_us(graph, max(args.reps // 3, 3), per_sample=10))
             # the logits of the last replay: a race (a kernel reading before it waits) shows here
             errors[name].append(float((logits.double() - reference).norm() / reference.norm()))
     rows = [dict(variant=name, us=times[name], median_us=statistics.median(times[name]),
+                 back_to_back_us=back_to_back[name], back_to_back_median_us=statistics.median(back_to_back[name]),
                  max_rel_err_vs_uncompiled=max(errors[name])) for name in graphs]
     for row in rows:
-        print(f"{row['variant']:45s} {row['median_us']:8.1f} us  ({'/'.join(f'{x:.0f}' for x in row['us'])})  "
+        print(f"{row['variant']:45s} {row['median_us']:8.1f} us  ({'/'.join(f'{x:.0f}' for x in row['us'])}); "
+              f"back to back {row['back_to_back_median_us']:.1f} us  "
               f"logits vs uncompiled <= {row['max_rel_err_vs_uncompiled']:.1e}", flush=True)
     result = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers,
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), compile_s=compile_s, rows=rows)

@@ -11,7 +11,7 @@ from torch import nn
 
 from awq_kernel_select import layouts as L
 from awq_kernel_select.bench.model import TINY, quantize_linears_rtn, random_llama
-from awq_kernel_select.fuse import ProjectionSlice, SharedProjection, fuse_projections
+from awq_kernel_select.fuse import GatedMLP, ProjectionSlice, SharedProjection, fuse_projections
 from awq_kernel_select.modules import LAYOUT_CLASSES, set_layout, set_path
 
 G = 32
@@ -31,6 +31,18 @@ def test_concatenated_buffers_dequantize_to_the_stacked_weights(layout: str) -> 
     assert torch.equal(L.convert(whole, "gemv" if layout == "gemm" else "gemm").qweight,  # still a valid layer
                        L.concat_out_features([L.convert(p, "gemv" if layout == "gemm" else "gemm")
                                               for p in parts]).qweight)
+
+
+@pytest.mark.parametrize("layout", ["gemm", "gemv"])
+def test_interleaved_buffers_dequantize_to_the_woven_weights(layout: str) -> None:
+    gate, up = packed(40, 128, 0, layout), packed(40, 128, 1, layout)
+    woven = L.interleave_out_features([gate, up])
+    assert (woven.layout, woven.out_features) == (layout, 80)
+    w = L.dequantize(woven, torch.float64)
+    assert torch.equal(w[0::2], L.dequantize(gate, torch.float64))
+    assert torch.equal(w[1::2], L.dequantize(up, torch.float64))
+    with pytest.raises(ValueError, match="must match"):
+        L.interleave_out_features([gate, packed(48, 128, 2, layout)])
 
 
 def test_concatenation_refuses_layers_of_other_inputs() -> None:
@@ -56,7 +68,9 @@ def test_fused_model_gives_the_same_logits(layout: str, device: str) -> None:
     report = fuse_projections(fused)
     assert report.fused == [f"model.layers.{i}.{m}" for i in range(2)
                             for m in ("self_attn.qkv_proj", "mlp.gate_up_proj")]
-    assert not report.skipped
+    assert not report.skipped and not report.ungated
+    assert report.gated == ["model.layers.0.mlp", "model.layers.1.mlp"]  # SiLU x up in the kernel
+    assert isinstance(fused.model.layers[0].mlp, GatedMLP)
     attention = fused.model.layers[0].self_attn
     assert isinstance(attention.q_proj, ProjectionSlice) and isinstance(attention.qkv_proj, SharedProjection)
     assert attention.qkv_proj.linear.out_features == 3 * TINY["hidden_size"]
@@ -80,6 +94,40 @@ def test_layout_conversion_reaches_the_fused_linear() -> None:
     shared = fused.model.layers[1].mlp.gate_up_proj
     assert shared.linear.layout == "gemv"
     assert fused.model.layers[1].mlp.up_proj.shared is shared  # the slices see the new linear
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gated_mlp_matches_the_mlp_and_its_projections_still_answer_alone(bias: bool) -> None:
+    model = tiny_model("gemv")
+    mlp = model.model.layers[0].mlp
+    if bias:  # a model with mlp_bias
+        for lin in (mlp.gate_proj, mlp.up_proj):
+            lin.bias = torch.randn(lin.out_features, generator=torch.Generator().manual_seed(3)).half()
+    original = copy.deepcopy(mlp)
+    fuse_projections(model)
+    gated = model.model.layers[0].mlp
+    assert isinstance(gated, GatedMLP) and gated.gate_up_proj.interleaved
+    assert gated.intermediate_size == original.intermediate_size and gated.config is mlp.config
+    x = torch.randn(2, 3, TINY["hidden_size"], generator=torch.Generator().manual_seed(4)).half()
+    with torch.no_grad():
+        for got, want in ((gated(x), original(x)), (gated.up_proj(x), original.up_proj(x)),
+                          (gated.gate_proj(x), original.gate_proj(x))):
+            assert got.shape == want.shape
+            assert float((got.double() - want.double()).norm() / want.double().norm()) < 1e-3
+
+
+def test_mlps_that_are_not_swiglu_keep_their_activation_with_a_reason() -> None:
+    model = tiny_model("gemv")
+    model.model.layers[0].mlp.act_fn = nn.GELU()
+    model.model.layers[1].mlp.register_forward_hook(lambda *args: None)
+    report = fuse_projections(model)
+    assert report.gated == []
+    assert report.ungated == {"model.layers.0.mlp.gate_up_proj": "its activation is GELU, not SiLU",
+                              "model.layers.1.mlp.gate_up_proj": "its forward is wrapped or hooked"}
+    assert not isinstance(model.model.layers[0].mlp, GatedMLP)
+    assert isinstance(model.model.layers[0].mlp.gate_up_proj, SharedProjection)
+    plain = tiny_model("gemv")
+    assert "gate=False" in fuse_projections(plain, gate=False).ungated["model.layers.0.mlp.gate_up_proj"]
 
 
 def shared_projection(bias: bool) -> tuple[SharedProjection, list[nn.Module]]:

@@ -168,6 +168,43 @@ def test_tile_configurations(layout: str, cfg: MatmulConfig) -> None:
         assert rel_err(out, ref) < TOL, f"M={m}"
 
 
+GATED_CONFIGS = [  # the epilogue after each kind of accumulation, with and without split-K
+    ("gemv", MatmulConfig(1, 32, 64, 1)), ("gemv", MatmulConfig(1, 64, 64, 3, prefetch=True, interleave_k=True)),
+    ("gemv", MatmulConfig(2, 32, 64, 2)), ("gemv", MatmulConfig(8, 32, 64, 1)),
+    ("gemv", MatmulConfig(16, 32, 32, 1, w_first=True)), ("gemv", MatmulConfig(16, 32, 32, 2)),
+    ("gemm", MatmulConfig(1, 64, 32, 2)),  # no epilogue in this kernel: torch after it
+]
+
+
+@pytest.mark.parametrize("layout,cfg", GATED_CONFIGS, ids=[f"{lay}-{c}" for lay, c in GATED_CONFIGS])
+def test_silu_mul_epilogue_matches_float64(layout: str, cfg: MatmulConfig) -> None:
+    """A layer of gate and up rows in turn: ``silu(gate) * up``, half as wide, in every tile kind."""
+    k, n = SHAPES[0]
+    packed = random_packed(k, n, 64, layout, seed=21)
+    w = L.dequantize(packed, torch.float64)
+    for m in (1, 3, 11):
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+        bias = torch.randn(n, device=DEVICE, dtype=torch.float16) if m % 2 else None
+        poison_allocator(m * n // 2)
+        out = awq_linear(x, packed, bias, path="gemv", config=cfg, epilogue="silu_mul")
+        full = x.double() @ w.t() + (bias.double() if bias is not None else 0)
+        ref = torch.nn.functional.silu(full[:, 0::2]) * full[:, 1::2]
+        assert out.shape == (m, n // 2)
+        assert rel_err(out, ref) < TOL, f"M={m}"
+
+
+@pytest.mark.parametrize("path", ["gemm", "dequant", "torch"])
+def test_silu_mul_epilogue_on_the_other_paths(path: str) -> None:
+    k, n = SHAPES[0]
+    packed = random_packed(k, n, 64, "gemv", seed=22)
+    x = torch.randn(5, k, device=DEVICE, dtype=torch.float16)
+    full = x.double() @ L.dequantize(packed, torch.float64).t()
+    ref = torch.nn.functional.silu(full[:, 0::2]) * full[:, 1::2]
+    assert rel_err(awq_linear(x, packed, path=path, epilogue="silu_mul"), ref) < TOL  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown epilogue"):
+        awq_linear(x, packed, path=path, epilogue="gelu")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("cfg", [MatmulConfig(1, 32, 128, 1), MatmulConfig(1, 32, 128, 2), MatmulConfig(2, 32, 128, 1),
                                  MatmulConfig(1, 32, 64, 2, prefetch=True),
                                  MatmulConfig(1, 32, 64, 2, prefetch=True, interleave_k=True)])
@@ -255,7 +292,7 @@ def test_kept_launches_are_dropped_when_buffers_change() -> None:
     k, n = SHAPES[0]
     mod = AKSLinearGEMV.from_packed(random_packed(k, n, 64, "gemv", seed=4))
     x = torch.randn(1, k, device=DEVICE, dtype=torch.float16)
-    key = (1, x.dtype, x.get_device(), mod.path, id(mod.dispatch))
+    key = (1, x.dtype, x.get_device(), mod.path, id(mod.dispatch), "none")
 
     def keep() -> None:
         mod._replays[key] = lambda x2: torch.full((1, n), 7.0, dtype=x2.dtype, device=x2.device)

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time the decode step under torch.compile (default: on a GPU only)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--no-fuse", action="store_true",
-                        help="skip the aks_gemv_fused variant (q/k/v and gate/up as one linear each)")
+                        help="skip the aks_gemv_fused variant (q/k/v and gate/up as one linear each, SiLU x up "
+                             "in the gate/up kernel)")
     parser.add_argument("--no-pdl", action="store_true",
                         help="skip the compiled variants with programmatic dependent launch (sm90+)")
     parser.add_argument("--no-combo-kernels", action="store_true",

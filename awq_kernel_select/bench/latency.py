@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .timing import Timing, eager_samples, time_eager, time_graph
+from .timing import Timing, eager_samples, time_eager, time_graph_both
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class LatencyResult:
     peak_memory_bytes: int | None
     notes: tuple[str, ...] = field(default=())
     compile_s: float | None = None  # torch.compile variants: the first call's wall time
+    # the same graph replayed 10 times per pair of CUDA events: the GPU's time alone, without
+    # the host's submission of each replay (which ``decode_graph`` includes)
+    decode_graph_back_to_back: Timing | None = None
 
 
 def _sync() -> None:
@@ -149,19 +152,20 @@ def measure(
 
         generate_ms = timer(generate, 3).median_us / 1000.0
 
-    decode_graph = None
+    decode_graph = back_to_back = None
     if graph and on_gpu:
         try:
             static, position = _prefilled_static_cache(model, prompt)
             step_input = prompt[:, -1:]  # any token: the step's time does not depend on it
-            decode_graph = time_graph(
+            decode_graph, back_to_back = time_graph_both(
                 [lambda: model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)],
                 reps=max(reps, 20),
             )
         except Exception as exc:  # reported, never hidden
             notes.append(f"CUDA-graph decode failed: {type(exc).__name__}: {str(exc)[:200]}")
     peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
-    return LatencyResult(variant, batch, ttft, decode_eager, decode_graph, generate_ms, peak, tuple(notes))
+    return LatencyResult(variant, batch, ttft, decode_eager, decode_graph, generate_ms, peak, tuple(notes),
+                         decode_graph_back_to_back=back_to_back)
 
 
 @contextlib.contextmanager
@@ -230,9 +234,12 @@ def _measure_compiled(model: Any, variant: str, *, batch: int, prompt_len: int, 
     notes = [f"torch.compile ({backend}, fullgraph) took {compile_s:.0f} s; logits differ from the "
              f"uncompiled model's by {err:.1e} (relative; fp16 fusions round differently)"]
     eager = time_eager(step, reps=max(reps, 10), warmup=2) if on_gpu else _cpu_timing(step, reps)
-    decode_graph = time_graph([step], reps=max(reps, 20)) if graph and on_gpu else None
+    decode_graph = back_to_back = None
+    if graph and on_gpu:
+        decode_graph, back_to_back = time_graph_both([step], reps=max(reps, 20))
     peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
-    return LatencyResult(variant, batch, None, eager, decode_graph, None, peak, tuple(notes), compile_s)
+    return LatencyResult(variant, batch, None, eager, decode_graph, None, peak, tuple(notes), compile_s,
+                         back_to_back)
 
 
 def crossover(sweep: dict[str, dict[int, float]], slow_at_one: str = "aks_gemm", fast_at_one: str = "aks_gemv") -> int | None:

@@ -21,16 +21,18 @@ def table(result: BenchResult) -> str:
         f"{result.description} on {result.gpu['name'] if result.gpu else 'CPU'}",
         f"auto (select_kernel, interactive) = {result.auto_kernel}",
         "",
-        f"| variant | TTFT, {unit} | decode eager, {unit} | decode CUDA graph, {unit} | generate, ms | peak GiB |",
-        "|---|---|---|---|---|---|",
+        f"| variant | TTFT, {unit} | decode eager, {unit} | decode CUDA graph, {unit} | "
+        f"graph replays back to back, {unit} | generate, ms | peak GiB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result.single:
         peak = f"{r.peak_memory_bytes / 2**30:.1f}" if r.peak_memory_bytes else "-"
         gen = f"{r.generate_ms:.1f}" if r.generate_ms else "-"
-        lines.append(f"| {r.variant} | {_ms(r.ttft)} | {_ms(r.decode_eager)} | {_ms(r.decode_graph)} | {gen} | {peak} |")
+        lines.append(f"| {r.variant} | {_ms(r.ttft)} | {_ms(r.decode_eager)} | {_ms(r.decode_graph)} | "
+                     f"{_ms(r.decode_graph_back_to_back)} | {gen} | {peak} |")
     if result.floor_us:
         lines.append(f"| floor (bytes per step / {result.bandwidth_Bps / 1e12:.2f} TB/s) | - | - | "  # type: ignore[operator]
-                     f"{result.floor_us / 1000:.2f} | - | - |")
+                     f"{result.floor_us / 1000:.2f} | {result.floor_us / 1000:.2f} | - | - |")
     if result.sweep:
         batches = sorted({b for d in result.sweep.values() for b in d})
         lines += ["", f"Decode step ({result.sweep_kind}), ms, by batch size:", "",

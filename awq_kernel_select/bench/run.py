@@ -35,7 +35,7 @@ class BenchConfig:
     save_measured: bool = True
     compile: bool | None = None  # also time the decode step under torch.compile; None: on a GPU only
     compile_backend: str = "inductor"
-    fuse: bool = True  # also time aks_gemv with q/k/v and gate/up fused (fuse_projections); GPU only
+    fuse: bool = True  # also time aks_gemv with q/k/v and gate/up fused, SiLU x up in its kernel (fuse_projections); GPU only
     eager_rounds: int = 10  # eager decode steps: rounds of 5 steps per variant, the variants in turn
     pdl: bool = True  # also compile fp16 and the fused model with inductor's PDL (sm90+; ours follows)
     # inductor's combo kernels for every compiled variant on a GPU: independent small kernels (the

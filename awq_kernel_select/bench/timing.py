@@ -67,12 +67,13 @@ def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Tim
     return Timing.from_samples(eager_samples(fn, reps=reps, warmup=warmup))
 
 
-def time_graph(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: int = 3) -> Timing:
-    """Capture ``calls`` once in a CUDA graph; each replay's time divided by ``len(calls)``."""
+def capture_graph(calls: Sequence[Callable[[], Any]], *, warmup: int = 3) -> torch.cuda.CUDAGraph:
+    """``calls`` captured once in a CUDA graph (after ``warmup`` rounds outside it: compile,
+    autotune and allocate), replayed once."""
     stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(warmup):  # compile, autotune and allocate outside the capture
+        for _ in range(warmup):
             for call in calls:
                 call()
     torch.cuda.current_stream().wait_stream(stream)
@@ -83,16 +84,43 @@ def time_graph(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: in
             call()
     graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+def time_replays(graph: torch.cuda.CUDAGraph, *, reps: int = 30, per_sample: int = 1, calls: int = 1) -> Timing:
+    """``reps`` samples, each ``per_sample`` replays between one pair of CUDA events, divided by
+    ``per_sample * calls``. With ``per_sample = 1`` a sample holds the graph's launch too (the
+    GPU waits while the host submits it); with more, the host submits the next replays while the
+    GPU runs the first, and a sample is the GPU's time alone."""
     samples = []
     for _ in range(reps):
         start, end = _event(), _event()
         start.record()
-        graph.replay()
+        for _ in range(per_sample):
+            graph.replay()
         end.record()
         end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000.0 / len(calls))
-    del graph
+        samples.append(start.elapsed_time(end) * 1000.0 / (per_sample * calls))
     return Timing.from_samples(samples)
+
+
+def time_graph(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: int = 3) -> Timing:
+    """Capture ``calls`` once in a CUDA graph; each replay's time divided by ``len(calls)``."""
+    graph = capture_graph(calls, warmup=warmup)
+    timing = time_replays(graph, reps=reps, calls=len(calls))
+    del graph
+    return timing
+
+
+def time_graph_both(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: int = 3,
+                    back_to_back: int = 10) -> tuple[Timing, Timing]:
+    """:func:`time_graph`, and the same graph timed ``back_to_back`` replays per sample (the
+    GPU's time alone: :func:`time_replays`)."""
+    graph = capture_graph(calls, warmup=warmup)
+    one = time_replays(graph, reps=reps, calls=len(calls))
+    many = time_replays(graph, reps=reps, per_sample=back_to_back, calls=len(calls))
+    del graph
+    return one, many
 
 
 def copy_bandwidth(n_bytes: int = 1 << 30, reps: int = 20) -> float:

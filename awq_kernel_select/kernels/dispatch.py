@@ -32,7 +32,7 @@ from ..layouts import PackedWeights
 from .dequant import dequantize_triton
 from .launch import interpreting
 from .matmul import MatmulConfig, Replay, awq_matmul_with_replay
-from .reference import reference_linear
+from .reference import EPILOGUES, Epilogue, apply_epilogue, reference_linear
 
 KernelPath = Literal["gemv", "gemm", "dequant", "torch"]
 PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "torch")
@@ -239,13 +239,15 @@ def awq_linear(
     path: KernelPath | Literal["auto"] = "auto",
     policy: DispatchPolicy = DEFAULT_DISPATCH,
     config: MatmulConfig | None = None,
+    epilogue: Epilogue = "none",
 ) -> torch.Tensor:
-    """``x [..., K] @ W^T + bias`` for packed weights of either layout; returns ``x.dtype``.
+    """``x [..., K] @ W^T + bias`` for packed weights of either layout, then ``epilogue``
+    (``reference.Epilogue``); returns ``x.dtype``.
 
     ``path="auto"`` picks by the number of rows (see the module docstring); a named path is
     honoured as asked, and ``config`` overrides the tile choice (benchmarks, tuning).
     """
-    return linear_with_replay(x, weights, bias, path=path, policy=policy, config=config)[0]
+    return linear_with_replay(x, weights, bias, path=path, policy=policy, config=config, epilogue=epilogue)[0]
 
 
 def linear_with_replay(
@@ -257,33 +259,44 @@ def linear_with_replay(
     policy: DispatchPolicy = DEFAULT_DISPATCH,
     config: MatmulConfig | None = None,
     pdl: bool = False,
+    epilogue: Epilogue = "none",
 ) -> tuple[torch.Tensor, Replay | None]:
-    """:func:`awq_linear`, and for the fused paths a function ``[M, K] -> [M, N]`` that repeats
-    the same launch for a new contiguous input of the same shape and dtype with almost no
-    Python in between (what the modules use in eager decode); None for the other paths.
-    ``pdl``: the fused paths launch with programmatic dependent launch (sm90+)."""
+    """:func:`awq_linear`, and for the fused paths a function ``[M, K] -> [M, width]`` that
+    repeats the same launch for a new contiguous input of the same shape and dtype with almost
+    no Python in between (what the modules use in eager decode); None for the other paths.
+    ``pdl``: the fused paths launch with programmatic dependent launch (sm90+). ``epilogue``
+    ``"silu_mul"`` halves the width: the GEMV layout's kernel makes it in its epilogue, the
+    other paths in torch after the matmul."""
     if x.shape[-1] != weights.in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the layer expects {weights.in_features}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"input dtype {x.dtype} is not supported: use float16 or bfloat16")
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"unknown epilogue {epilogue!r}: one of {', '.join(EPILOGUES)}")
     lead = x.shape[:-1]
+    width = weights.out_features // 2 if epilogue == "silu_mul" else weights.out_features
     x2 = x.reshape(-1, weights.in_features)
     m = x2.shape[0]
     if m == 0:
-        return x.new_zeros(*lead, weights.out_features), None
+        return x.new_zeros(*lead, width), None
     chosen, planned = plan(x.device, weights.layout, m, weights.out_features, weights.in_features,
                            weights.group_size, path, policy)
     if chosen != "torch" and not triton_usable(x.device):
         raise RuntimeError(f"path {chosen!r} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
-    replay = None
+    replay: Replay | None = None
     if chosen == "torch":
-        out = reference_linear(x2, weights, bias)
+        out = reference_linear(x2, weights, bias, epilogue=epilogue)
     elif chosen == "dequant":
-        out = dequant_matmul(x2, weights, bias, policy.dequant_chunk_bytes,
-                             policy.dequant_chunk_min_cols).to(x.dtype)
+        out = apply_epilogue(dequant_matmul(x2, weights, bias, policy.dequant_chunk_bytes,
+                                            policy.dequant_chunk_min_cols).to(x.dtype), epilogue)
     else:
+        in_kernel = weights.layout == "gemv" or epilogue == "none"
         out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,
                                              weights.layout == "gemv", weights.in_features,
                                              weights.out_features, weights.group_size, config or planned, None,
-                                             pdl=pdl)
-    return out.reshape(*lead, weights.out_features), replay
+                                             pdl=pdl, silu_mul=in_kernel and epilogue == "silu_mul")
+        if not in_kernel:  # the GEMM layout's kernel has no epilogue: torch after it
+            out = apply_epilogue(out, epilogue)
+            launch_only = replay
+            replay = None if launch_only is None else lambda x_new: apply_epilogue(launch_only(x_new), epilogue)
+    return out.reshape(*lead, width), replay

@@ -136,16 +136,31 @@ def _wait_for_previous_kernel(PDL: tl.constexpr):
 
 
 @triton.jit
+def _silu_mul(total, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The gated epilogue of a layer whose rows are gate and up rows in turn (``fuse.py``):
+    ``silu(total[:, 2j]) * total[:, 2j + 1]`` in fp32, and the output column ``j`` of each
+    (``cols [1, BLOCK_N]``: the tile's own columns). Returns ``[BLOCK_M, BLOCK_N / 2]`` twice."""
+    gate, up = tl.split(tl.reshape(total, (BLOCK_M, BLOCK_N // 2, 2)))
+    even, _ = tl.split(tl.reshape(cols, (1, BLOCK_N // 2, 2)))
+    return gate * tl.sigmoid(gate) * up, even // 2
+
+
+@triton.jit
 def _emit_columns(acc, cols, rows, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                  HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr, SILU_MUL: tl.constexpr = False,
+                  BLOCK_M: tl.constexpr = 1, BLOCK_N: tl.constexpr = 1):
     """Store ``acc`` at output ``[rows, cols]`` (index tensors that broadcast against it), or add
-    it to the workspace."""
+    it to the workspace. ``SILU_MUL``: ``acc`` is ``[BLOCK_M, BLOCK_N]``, its columns gate and up
+    in turn, and ``[rows, cols / 2]`` receives ``silu(gate) * up``."""
     mask = (rows < M) & (cols < N)
     if USE_SPLIT_K:
         tl.atomic_add(workspace_ptr + rows * N + cols, acc, mask=mask, sem="relaxed")  # ordered by the ticket
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+        if SILU_MUL:
+            acc, cols = _silu_mul(acc, cols, BLOCK_M, BLOCK_N)
+            mask = (rows < M) & (cols < N // 2)
         tl.store(out_ptr + rows * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -166,9 +181,10 @@ def _output_tile(GRID_K_FIRST: tl.constexpr):
 
 @triton.jit
 def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, tile, bias_ptr, stride_om,
-                    split_k, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    split_k, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    SILU_MUL: tl.constexpr = False):
     """After this program's partial sums are in: the last split of output tile number ``tile``
-    writes the output."""
+    writes the output (``SILU_MUL``: as ``_emit_columns``)."""
     tl.debug_barrier()  # every thread's partial sum is in before the ticket is taken
     ticket_ptr = tickets_ptr + tile
     if tl.atomic_add(ticket_ptr, 1) == split_k - 1:
@@ -180,8 +196,11 @@ def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, t
         tl.atomic_xchg(ticket_ptr, 0)
         if HAS_BIAS:
             total += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :],
-                 total.to(out_ptr.dtype.element_ty), mask=mask)
+        cols = offs_n[None, :]
+        if SILU_MUL:  # (a masked atomic returns anything: no exp of it)
+            total, cols = _silu_mul(tl.where(mask, total, 0.0), cols, BLOCK_M, BLOCK_N)
+            mask = (offs_m[:, None] < M) & (cols < N // 2)
+        tl.store(out_ptr + offs_m[:, None] * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -405,7 +424,7 @@ def awq_gemv_layout_kernel(
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_FIRST: tl.constexpr,
     EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
-    INTERLEAVE_K: tl.constexpr,
+    INTERLEAVE_K: tl.constexpr, SILU_MUL: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
     # one fp16 token per program: fp16x2 arithmetic, words and x read as int64 (8-byte aligned)
@@ -541,10 +560,10 @@ def awq_gemv_layout_kernel(
     elif W_FIRST:
         acc = tl.trans(acc_t)
     _emit_columns(acc, offs_n[None, :], offs_m[:, None], M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
-                  HAS_BIAS, USE_SPLIT_K)
+                  HAS_BIAS, USE_SPLIT_K, SILU_MUL, BLOCK_M, BLOCK_N)
     if USE_SPLIT_K:
         _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, tile,
-                        bias_ptr, stride_om, split_k, HAS_BIAS, BLOCK_M, BLOCK_N)
+                        bias_ptr, stride_om, split_k, HAS_BIAS, BLOCK_M, BLOCK_N, SILU_MUL)
 
 
 # --- launcher ----------------------------------------------------------------------------------
@@ -608,12 +627,14 @@ def pdl_capable(device: torch.device) -> bool:
 
 def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
             bias: torch.Tensor | None, gemv_layout: bool, in_features: int, out_features: int,
-            group_size: int, config: MatmulConfig, out_dtype: torch.dtype | None, pdl: bool = False
-            ) -> tuple[torch.Tensor, Replay | None]:
+            group_size: int, config: MatmulConfig, out_dtype: torch.dtype | None, pdl: bool = False,
+            silu_mul: bool = False) -> tuple[torch.Tensor, Replay | None]:
     """``x [M, K] @ W^T (+ bias) -> [M, N]`` for one packed layer with an explicit config, and a
     function that repeats the launch for another ``x`` of the same shape, dtype and 16-byte
     alignment (contiguous), straight through Triton's launcher (None where that is off).
     ``pdl`` (or ``USE_PDL``) launches with programmatic dependent launch where the GPU can.
+    ``silu_mul`` (GEMV layout): the layer's rows are gate and up rows in turn, and the output
+    is ``silu(gate) * up``, ``[M, N / 2]``, made in the kernel's epilogue.
 
     The function launches with the raw addresses of the layer's buffers: its caller keeps those
     tensors alive (the module holds them; the operator checks them by weak reference). It keeps
@@ -622,6 +643,8 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     N = out_features
     if K != in_features:
         raise ValueError(f"x has {K} features, the layer expects {in_features}")
+    if silu_mul and not gemv_layout:
+        raise ValueError("the SiLU x up epilogue is in the GEMV layout's kernel only")
     cfg = config
     grid, k_iters, split_k = _geometry(cfg, gemv_layout, group_size, M, N, K)
     if x.stride(-1) != 1:
@@ -633,7 +656,8 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         if x.data_ptr() % 8 or x.stride(0) % 4:
             x = x.clone(memory_format=torch.contiguous_format)
     dtype = out_dtype or x.dtype
-    out = torch.empty(M, N, dtype=dtype, device=x.device)
+    width = N // 2 if silu_mul else N
+    out = torch.empty(M, width, dtype=dtype, device=x.device)
     if split_k > 1:
         workspace, tickets = _workspace(x.device, max(M, 16), N, grid[0] * grid[1] * grid[2] // split_k)
     else:
@@ -651,7 +675,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         meta.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, EVEN_N=N % cfg.block_n == 0)
     meta["PDL"] = pdl = use_ptx and (pdl or USE_PDL) and pdl_capable(x.device)
     if gemv_layout:
-        meta["INTERLEAVE_K"] = cfg.interleave_k
+        meta.update(INTERLEAVE_K=cfg.interleave_k, SILU_MUL=silu_mul)
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
@@ -665,7 +689,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     scratch = (workspace, tickets) if split_k > 1 else ()
 
     def replay(x_new: torch.Tensor) -> torch.Tensor:
-        out_new = torch.empty(M, N, dtype=dtype, device=device)
+        out_new = torch.empty(M, width, dtype=dtype, device=device)
         o = out_new.data_ptr()
         ws, tk = spare if spare is not None else (o, o)
         direct(grid, torch._C._cuda_getCurrentRawStream(index),

@@ -26,10 +26,11 @@ import torch
 from ..layouts import PackedWeights
 from .dispatch import DEFAULT_DISPATCH, DispatchPolicy, linear_with_replay
 from .matmul import Replay
+from .reference import Epilogue
 
 SCHEMA = ("linear(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor? bias, str layout, "
           "int in_features, int out_features, int group_size, str path, int gemv_max_tokens, "
-          "int dequant_min_tokens, int dequant_chunk_bytes, int dequant_chunk_min_cols) -> Tensor")
+          "int dequant_min_tokens, int dequant_chunk_bytes, int dequant_chunk_min_cols, str epilogue=\"none\") -> Tensor")
 
 _library: Any = torch.library  # its functions carry no type hints
 _LIBRARY = _library.Library("awq_kernel_select", "DEF")
@@ -67,19 +68,22 @@ def _same(refs: tuple[weakref.ref[torch.Tensor] | None, ...], tensors: tuple[tor
 def _linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
             bias: torch.Tensor | None, layout: str, in_features: int, out_features: int, group_size: int,
             path: str, gemv_max_tokens: int, dequant_min_tokens: int, dequant_chunk_bytes: int,
-            dequant_chunk_min_cols: int) -> torch.Tensor:
-    """``x [..., K] @ W^T + bias`` for one packed layer: what :func:`awq_linear` computes."""
+            dequant_chunk_min_cols: int, epilogue: str = "none") -> torch.Tensor:
+    """``x [..., K] @ W^T + bias``, then ``epilogue``, for one packed layer: what
+    :func:`awq_linear` computes."""
     rows = x.numel() // in_features
     layer = (qweight, qzeros, scales, bias)
     pdl = inductor_pdl()
     key = (*(0 if t is None else t.data_ptr() for t in layer), rows, x.dtype, x.device, path,
-           gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols, pdl)
+           gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols, pdl, epilogue)
     kept = _KEPT.get(key)
     if kept is not None and _same(kept[0], layer) and x.is_contiguous() and x.data_ptr() % 16 == 0:
-        return kept[1](x.view(rows, in_features)).view(*x.shape[:-1], out_features)
+        out = kept[1](x.view(rows, in_features))
+        return out.view(*x.shape[:-1], out.shape[-1])
     weights = PackedWeights(layout, qweight, qzeros, scales, in_features, out_features, group_size)
     policy = DispatchPolicy(gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols)
-    out, replay = linear_with_replay(x, weights, bias, path=path, policy=policy, pdl=pdl)  # type: ignore[arg-type]
+    out, replay = linear_with_replay(x, weights, bias, path=path, policy=policy, pdl=pdl,  # type: ignore[arg-type]
+                                     epilogue=epilogue)  # type: ignore[arg-type]
     if replay is not None:
         if len(_KEPT) >= _MAX_KEPT:
             _KEPT.clear()
@@ -96,10 +100,10 @@ _LIBRARY.impl("linear", _linear, "CUDA")
 def _linear_shape(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                   bias: torch.Tensor | None, layout: str, in_features: int, out_features: int,
                   group_size: int, path: str, gemv_max_tokens: int, dequant_min_tokens: int,
-                  dequant_chunk_bytes: int, dequant_chunk_min_cols: int) -> torch.Tensor:
+                  dequant_chunk_bytes: int, dequant_chunk_min_cols: int, epilogue: str = "none") -> torch.Tensor:
     check: Any = torch._check
     check(x.shape[-1] == in_features, lambda: f"input has {x.shape[-1]} features, the layer expects {in_features}")
-    return x.new_empty((*x.shape[:-1], out_features))
+    return x.new_empty((*x.shape[:-1], out_features // 2 if epilogue == "silu_mul" else out_features))
 
 
 _library.register_fake("awq_kernel_select::linear")(_linear_shape)
@@ -107,8 +111,10 @@ _library.register_fake("awq_kernel_select::linear")(_linear_shape)
 
 def linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
            bias: torch.Tensor | None, layout: str, in_features: int, out_features: int, group_size: int,
-           path: str = "auto", policy: DispatchPolicy = DEFAULT_DISPATCH) -> torch.Tensor:
+           path: str = "auto", policy: DispatchPolicy = DEFAULT_DISPATCH, epilogue: Epilogue = "none"
+           ) -> torch.Tensor:
     """Call the operator (what the modules do under ``torch.compile``)."""
     out: torch.Tensor = torch.ops.awq_kernel_select.linear(x, qweight, qzeros, scales, bias, layout, in_features,
-                                                       out_features, group_size, path, *policy_args(policy))
+                                                       out_features, group_size, path, *policy_args(policy),
+                                                       epilogue)
     return out
