@@ -126,7 +126,7 @@ class GatedMLP(nn.Module):
         self.replaces = type(mlp).__name__
         for name in ("config", "hidden_size", "intermediate_size"):  # what code may read off an MLP
             if hasattr(mlp, name):
-                object.__setattr__(self, name, getattr(mlp, name))
+                setattr(self, name, getattr(mlp, name))
         self.gate_up_proj = shared
         self.gate_proj = ProjectionSlice(shared, 0)
         self.up_proj = ProjectionSlice(shared, 1)

@@ -8,7 +8,8 @@
     model = load_quantized(path, fuse_layers=False)
 
 fuse_layers=True (AutoAWQ's default) works too: with this library's kernels it fuses q/k/v and
-gate/up into one packed linear each (faster decode; save the model before fusing, not after).
+gate/up into one packed linear each, SiLU x up into the gate/up kernel of Llama-style MLPs
+(faster decode; model.awq_fuse_report says what was fused; save the model before fusing, not after).
 
 Run with a checkpoint folder: python examples/replace_from_quantized.py PATH
 """

@@ -290,7 +290,7 @@ def linear_with_replay(
         out = apply_epilogue(dequant_matmul(x2, weights, bias, policy.dequant_chunk_bytes,
                                             policy.dequant_chunk_min_cols).to(x.dtype), epilogue)
     else:
-        in_kernel = weights.layout == "gemv" or epilogue == "none"
+        in_kernel = weights.layout == "gemv" or epilogue == "none"  # the kernel makes the epilogue (if any)
         out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,
                                              weights.layout == "gemv", weights.in_features,
                                              weights.out_features, weights.group_size, config or planned, None,

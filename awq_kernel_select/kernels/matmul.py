@@ -21,6 +21,10 @@ One kernel per packed layout; each serves both regimes, chosen by its meta-param
 * **GEMM regime** (batched decode, prefill): ``tl.dot`` tiles of 16-128 rows, with split-K
   where the tuned table says so (batched decode is still memory-bound).
 
+The GEMV layout's kernel can end in a gated epilogue (``SILU_MUL``): for a layer whose rows are
+a SwiGLU MLP's gate and up rows in turn (``fuse.py``), the program that writes an output tile
+writes ``silu(gate) * up``, half as wide.
+
 Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``; with ``interleave_k`` (GEMV layout, the
 M = 1 tiles of the H100 table) ``(split_k, cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))``, split ``s``
 taking the K tiles ``s, s + split_k, ...``: the programs that run at one time then read

@@ -4,7 +4,8 @@ Dynamo cannot trace into a Triton launch made from Python (the dispatch, the kep
 the raw-pointer launcher), so under ``torch.compile`` the modules call
 ``torch.ops.awq_kernel_select.linear`` instead: an opaque node whose output shape is known
 without running it. Inductor then fuses everything around the linears (norms, rotary
-embeddings, residual adds, SiLU x up) and calls the operator in their place. Outside
+embeddings, residual adds; SiLU x up where the MLP is not a ``fuse.GatedMLP``, whose gate/up
+call makes it in the kernel: the ``epilogue`` argument) and calls the operator in their place. Outside
 ``torch.compile`` the modules keep calling the kernels directly.
 
 The operator is registered with ``torch.library.Library`` rather than ``custom_op``: the
