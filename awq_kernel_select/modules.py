@@ -157,16 +157,16 @@ class AWQLinear(nn.Module):
                              self.in_features, self.out_features, self.group_size, self.path, self.dispatch,
                              epilogue)
         # Eager decode calls each layer with the same shapes over and over: the launch is kept
-        # per (rows, dtype, device, path, dispatch policy) and repeated without the dispatch.
+        # per (input shape, dtype, device, path, dispatch policy, epilogue) and repeated without
+        # the dispatch; it takes x as it is and returns the output in its final shape.
         # New buffers or bias (assigned, loaded with assign=True, or moved by .to()) drop them
         # all, in __setattr__ and _apply; this path reads no buffer (each read costs ~1 us of
         # host time, and eager decode is bound by the host). The output is a fresh tensor that
         # does not require grad.
-        key = (x.numel() // self.in_features, x.dtype, x.get_device(), self.path, id(self.dispatch), epilogue)
+        key = (x.shape, x.dtype, x.get_device(), self.path, id(self.dispatch), epilogue)
         replay = self._replays.get(key)
         if replay is not None and x.is_contiguous() and x.data_ptr() % 16 == 0:
-            out = replay(x.view(-1, self.in_features))
-            return out.view(*x.shape[:-1], out.shape[-1])
+            return replay(x)
         packed = self.packed()  # rebuilt (and the kept launches dropped) if the buffers changed
         with torch.no_grad():
             out, replay = linear_with_replay(x, packed, self.bias, path=self.path,  # type: ignore[arg-type]

@@ -292,7 +292,7 @@ def test_kept_launches_are_dropped_when_buffers_change() -> None:
     k, n = SHAPES[0]
     mod = AKSLinearGEMV.from_packed(random_packed(k, n, 64, "gemv", seed=4))
     x = torch.randn(1, k, device=DEVICE, dtype=torch.float16)
-    key = (1, x.dtype, x.get_device(), mod.path, id(mod.dispatch), "none")
+    key = (x.shape, x.dtype, x.get_device(), mod.path, id(mod.dispatch), "none")
 
     def keep() -> None:
         mod._replays[key] = lambda x2: torch.full((1, n), 7.0, dtype=x2.dtype, device=x2.device)
@@ -312,6 +312,41 @@ def test_kept_launches_are_dropped_when_buffers_change() -> None:
         assert not mod._replays
     expected = x.double() @ mod.dequantize(torch.float64).t() + mod.bias.double()  # type: ignore[union-attr]
     assert rel_err(mod(x), expected) < TOL
+
+
+@pytest.mark.parametrize("layout,epilogue", [("gemv", "none"), ("gemv", "silu_mul"), ("gemm", "silu_mul")])
+def test_kept_launch_takes_x_as_is_and_returns_the_output_in_its_shape(monkeypatch: pytest.MonkeyPatch, layout: str,
+                                                                        epilogue: str) -> None:
+    """The kept launch (a GPU-only path: here Triton's launcher is faked) reads only x's address
+    and allocates the output in its final shape: the module and the operator pass x as it is,
+    3-D included, and return what it returns, with no view on either side."""
+    from awq_kernel_select.kernels import matmul, op
+    from awq_kernel_select.modules import LAYOUT_CLASSES
+
+    launches: list[tuple[int, ...]] = []
+
+    def fake_launch(kernel, grid, args, meta, num_warps, num_stages, launch_pdl=False):  # type: ignore[no-untyped-def]
+        kernel[grid](*args, **meta, num_warps=num_warps, num_stages=num_stages)  # the real first launch
+        return lambda grid, stream, values: launches.append((values[0], values[5]))  # x, out addresses
+
+    monkeypatch.setattr(matmul, "launch", fake_launch)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    k, n = SHAPES[0]
+    packed = random_packed(k, n, 64, layout, seed=6)
+    mod = LAYOUT_CLASSES[layout].from_packed(packed)
+    width = n // 2 if epilogue == "silu_mul" else n
+    x = torch.randn(2, 1, k, device=DEVICE, dtype=torch.float16)
+    first = mod(x, epilogue=epilogue)  # plans, launches, keeps the launch
+    assert first.shape == (2, 1, width) and len(mod._replays) == 1 and not launches
+    again = mod(x, epilogue=epilogue)  # the kept launch
+    assert again.shape == (2, 1, width) and again.is_contiguous()
+    if epilogue == "none":  # the kernel's output is what is returned
+        assert launches == [(x.data_ptr(), again.data_ptr())]
+    monkeypatch.setattr(op, "_KEPT", {})
+    args = (mod.qweight, mod.qzeros, mod.scales, None, layout, k, n, 64, "auto", *op.policy_args(), epilogue)
+    assert op._linear(x, *args).shape == (2, 1, width) and len(op._KEPT) == 1  # type: ignore[arg-type]
+    assert op._linear(x, *args).shape == (2, 1, width) and len(launches) == 2  # type: ignore[arg-type]
 
 
 def test_drop_kept_launches_forgets_the_modules_and_the_operators(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -261,9 +261,10 @@ def linear_with_replay(
     pdl: bool = False,
     epilogue: Epilogue = "none",
 ) -> tuple[torch.Tensor, Replay | None]:
-    """:func:`awq_linear`, and for the fused paths a function ``[M, K] -> [M, width]`` that
-    repeats the same launch for a new contiguous input of the same shape and dtype with almost
-    no Python in between (what the modules use in eager decode); None for the other paths.
+    """:func:`awq_linear`, and for the fused paths a function ``x -> out`` that repeats the same
+    launch for a new contiguous, 16-byte aligned input of the same shape and dtype with almost
+    no Python in between, the output in its final shape ``[..., width]`` (what the modules and
+    the operator keep per input shape in eager decode); None for the other paths.
     ``pdl``: the fused paths launch with programmatic dependent launch (sm90+). ``epilogue``
     ``"silu_mul"`` halves the width: the GEMV layout's kernel makes it in its epilogue, the
     other paths in torch after the matmul."""
@@ -294,7 +295,8 @@ def linear_with_replay(
         out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,
                                              weights.layout == "gemv", weights.in_features,
                                              weights.out_features, weights.group_size, config or planned, None,
-                                             pdl=pdl, silu_mul=in_kernel and epilogue == "silu_mul")
+                                             pdl=pdl, silu_mul=in_kernel and epilogue == "silu_mul",
+                                             out_shape=(*lead, weights.out_features if not in_kernel else width))
         if not in_kernel:  # the GEMM layout's kernel has no epilogue: torch after it
             out = apply_epilogue(out, epilogue)
             launch_only = replay

@@ -72,15 +72,13 @@ def _linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales
             dequant_chunk_min_cols: int, epilogue: str = "none") -> torch.Tensor:
     """``x [..., K] @ W^T + bias``, then ``epilogue``, for one packed layer: what
     :func:`awq_linear` computes."""
-    rows = x.numel() // in_features
     layer = (qweight, qzeros, scales, bias)
     pdl = inductor_pdl()
-    key = (*(0 if t is None else t.data_ptr() for t in layer), rows, x.dtype, x.device, path,
+    key = (*(0 if t is None else t.data_ptr() for t in layer), x.shape, x.dtype, x.device, path,
            gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols, pdl, epilogue)
     kept = _KEPT.get(key)
     if kept is not None and _same(kept[0], layer) and x.is_contiguous() and x.data_ptr() % 16 == 0:
-        out = kept[1](x.view(rows, in_features))
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return kept[1](x)  # the output in its final shape
     weights = PackedWeights(layout, qweight, qzeros, scales, in_features, out_features, group_size)
     policy = DispatchPolicy(gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols)
     out, replay = linear_with_replay(x, weights, bias, path=path, policy=policy, pdl=pdl,  # type: ignore[arg-type]
