@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt  # noqa: E402
 from awq_kernel_select.bench.model import embedded_models  # noqa: E402
-from awq_kernel_select.bench.timing import time_replays  # noqa: E402
+from awq_kernel_select.bench.timing import capture_graph, time_replays  # noqa: E402
 from awq_kernel_select.fuse import fuse_projections  # noqa: E402
 from awq_kernel_select.kernels import matmul  # noqa: E402
 from awq_kernel_select.modules import drop_kept_launches, set_layout  # noqa: E402
@@ -63,18 +63,7 @@ def ours_pdl(model: torch.nn.Module, on: bool) -> None:
 
 def capture(step: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """``step`` captured in a CUDA graph (after 3 calls outside it), and its output after one replay."""
-    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
-    graph.replay()
-    torch.cuda.synchronize()
+    graph, (out,) = capture_graph([step])
     return graph, out
 
 

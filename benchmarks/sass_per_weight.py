@@ -47,7 +47,7 @@ def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool) -> tuple[i
     consts = dict(GROUP_SIZE=128, HAS_BIAS=False, USE_SPLIT_K=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, USE_PTX=use_ptx)
     consts.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, PDL=False)
-    consts.update(EVEN_K=True, INTERLEAVE_K=cfg.interleave_k) if layout == "gemv" else consts.update(EVEN_N=True)
+    consts.update(EVEN_K=True, INTERLEAVE_K=cfg.interleave_k, SILU_MUL=False) if layout == "gemv" else consts.update(EVEN_N=True)
     kernel = matmul.awq_gemv_layout_kernel if layout == "gemv" else matmul.awq_gemm_layout_kernel
     signature = dict(SIGNATURE, **{name: "constexpr" for name in consts})
     attrs = {(i,): [["tt.divisibility", 16]] for i in ALIGNED}

@@ -67,9 +67,11 @@ def time_eager(fn: Callable[[], Any], *, reps: int = 50, warmup: int = 5) -> Tim
     return Timing.from_samples(eager_samples(fn, reps=reps, warmup=warmup))
 
 
-def capture_graph(calls: Sequence[Callable[[], Any]], *, warmup: int = 3) -> torch.cuda.CUDAGraph:
+def capture_graph(calls: Sequence[Callable[[], Any]], *, warmup: int = 3
+                  ) -> tuple[torch.cuda.CUDAGraph, list[Any]]:
     """``calls`` captured once in a CUDA graph (after ``warmup`` rounds outside it: compile,
-    autotune and allocate), replayed once."""
+    autotune and allocate), replayed once; and what each call returned in the capture (the
+    graph's output buffers: each replay rewrites them)."""
     stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -80,11 +82,10 @@ def capture_graph(calls: Sequence[Callable[[], Any]], *, warmup: int = 3) -> tor
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for call in calls:
-            call()
+        outputs = [call() for call in calls]
     graph.replay()
     torch.cuda.synchronize()
-    return graph
+    return graph, outputs
 
 
 def time_replays(graph: torch.cuda.CUDAGraph, *, reps: int = 30, per_sample: int = 1, calls: int = 1) -> Timing:
@@ -106,7 +107,7 @@ def time_replays(graph: torch.cuda.CUDAGraph, *, reps: int = 30, per_sample: int
 
 def time_graph(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmup: int = 3) -> Timing:
     """Capture ``calls`` once in a CUDA graph; each replay's time divided by ``len(calls)``."""
-    graph = capture_graph(calls, warmup=warmup)
+    graph, _ = capture_graph(calls, warmup=warmup)
     timing = time_replays(graph, reps=reps, calls=len(calls))
     del graph
     return timing
@@ -116,7 +117,7 @@ def time_graph_both(calls: Sequence[Callable[[], Any]], *, reps: int = 30, warmu
                     back_to_back: int = 10) -> tuple[Timing, Timing]:
     """:func:`time_graph`, and the same graph timed ``back_to_back`` replays per sample (the
     GPU's time alone: :func:`time_replays`)."""
-    graph = capture_graph(calls, warmup=warmup)
+    graph, _ = capture_graph(calls, warmup=warmup)
     one = time_replays(graph, reps=reps, calls=len(calls))
     many = time_replays(graph, reps=reps, per_sample=back_to_back, calls=len(calls))
     del graph

@@ -32,7 +32,7 @@ from ..layouts import PackedWeights
 from .dequant import dequantize_triton
 from .launch import interpreting
 from .matmul import MatmulConfig, Replay, awq_matmul_with_replay
-from .reference import EPILOGUES, Epilogue, apply_epilogue, reference_linear
+from .reference import EPILOGUES, Epilogue, apply_epilogue, output_width, reference_linear
 
 KernelPath = Literal["gemv", "gemm", "dequant", "torch"]
 PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "torch")
@@ -275,7 +275,7 @@ def linear_with_replay(
     if epilogue not in EPILOGUES:
         raise ValueError(f"unknown epilogue {epilogue!r}: one of {', '.join(EPILOGUES)}")
     lead = x.shape[:-1]
-    width = weights.out_features // 2 if epilogue == "silu_mul" else weights.out_features
+    width = output_width(weights.out_features, epilogue)
     x2 = x.reshape(-1, weights.in_features)
     m = x2.shape[0]
     if m == 0:

@@ -150,22 +150,30 @@ def _silu_mul(total, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _store_output(total, rows, cols, M, N, out_ptr, bias_ptr, stride_om, HAS_BIAS: tl.constexpr,
+                  SILU_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Write the finished sums ``total`` at output ``[rows, cols]`` (index tensors that
+    broadcast against it), bias added. ``SILU_MUL``: ``total`` is ``[BLOCK_M, BLOCK_N]``, its
+    columns gate and up in turn, and ``[rows, cols / 2]`` receives ``silu(gate) * up``."""
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    mask = (rows < M) & (cols < N)
+    if SILU_MUL:  # (masked elements may hold anything, e.g. a masked atomic's result: no exp of it)
+        total, cols = _silu_mul(tl.where(mask, total, 0.0), cols, BLOCK_M, BLOCK_N)
+        mask = (rows < M) & (cols < N // 2)
+    tl.store(out_ptr + rows * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _emit_columns(acc, cols, rows, M, N, out_ptr, workspace_ptr, bias_ptr, stride_om,
                   HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr, SILU_MUL: tl.constexpr = False,
                   BLOCK_M: tl.constexpr = 1, BLOCK_N: tl.constexpr = 1):
-    """Store ``acc`` at output ``[rows, cols]`` (index tensors that broadcast against it), or add
-    it to the workspace. ``SILU_MUL``: ``acc`` is ``[BLOCK_M, BLOCK_N]``, its columns gate and up
-    in turn, and ``[rows, cols / 2]`` receives ``silu(gate) * up``."""
-    mask = (rows < M) & (cols < N)
+    """Store ``acc`` at output ``[rows, cols]`` (``_store_output``), or add it to the workspace."""
     if USE_SPLIT_K:
-        tl.atomic_add(workspace_ptr + rows * N + cols, acc, mask=mask, sem="relaxed")  # ordered by the ticket
+        tl.atomic_add(workspace_ptr + rows * N + cols, acc, mask=(rows < M) & (cols < N),
+                      sem="relaxed")  # ordered by the ticket
     else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
-        if SILU_MUL:
-            acc, cols = _silu_mul(acc, cols, BLOCK_M, BLOCK_N)
-            mask = (rows < M) & (cols < N // 2)
-        tl.store(out_ptr + rows * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_output(acc, rows, cols, M, N, out_ptr, bias_ptr, stride_om, HAS_BIAS, SILU_MUL, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -188,7 +196,7 @@ def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, t
                     split_k, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     SILU_MUL: tl.constexpr = False):
     """After this program's partial sums are in: the last split of output tile number ``tile``
-    writes the output (``SILU_MUL``: as ``_emit_columns``)."""
+    writes the output (``_store_output``)."""
     tl.debug_barrier()  # every thread's partial sum is in before the ticket is taken
     ticket_ptr = tickets_ptr + tile
     if tl.atomic_add(ticket_ptr, 1) == split_k - 1:
@@ -198,13 +206,8 @@ def _finish_split_k(offs_m, offs_n, M, N, out_ptr, workspace_ptr, tickets_ptr, t
         total = tl.atomic_add(partial_ptrs, zero, mask=mask)  # a coherent read of the sums
         tl.store(partial_ptrs, zero, mask=mask)
         tl.atomic_xchg(ticket_ptr, 0)
-        if HAS_BIAS:
-            total += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        cols = offs_n[None, :]
-        if SILU_MUL:  # (a masked atomic returns anything: no exp of it)
-            total, cols = _silu_mul(tl.where(mask, total, 0.0), cols, BLOCK_M, BLOCK_N)
-            mask = (offs_m[:, None] < M) & (cols < N // 2)
-        tl.store(out_ptr + offs_m[:, None] * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_output(total, offs_m[:, None], offs_n[None, :], M, N, out_ptr, bias_ptr, stride_om, HAS_BIAS,
+                      SILU_MUL, BLOCK_M, BLOCK_N)
 
 
 @triton.jit

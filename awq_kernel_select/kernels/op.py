@@ -27,7 +27,7 @@ import torch
 from ..layouts import PackedWeights
 from .dispatch import DEFAULT_DISPATCH, DispatchPolicy, linear_with_replay
 from .matmul import Replay
-from .reference import Epilogue
+from .reference import Epilogue, output_width
 
 SCHEMA = ("linear(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor? bias, str layout, "
           "int in_features, int out_features, int group_size, str path, int gemv_max_tokens, "
@@ -102,7 +102,7 @@ def _linear_shape(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, 
                   dequant_chunk_bytes: int, dequant_chunk_min_cols: int, epilogue: str = "none") -> torch.Tensor:
     check: Any = torch._check
     check(x.shape[-1] == in_features, lambda: f"input has {x.shape[-1]} features, the layer expects {in_features}")
-    return x.new_empty((*x.shape[:-1], out_features // 2 if epilogue == "silu_mul" else out_features))
+    return x.new_empty((*x.shape[:-1], output_width(out_features, epilogue)))
 
 
 _library.register_fake("awq_kernel_select::linear")(_linear_shape)

@@ -16,6 +16,11 @@ Epilogue = Literal["none", "silu_mul"]
 EPILOGUES: tuple[Epilogue, ...] = ("none", "silu_mul")
 
 
+def output_width(out_features: int, epilogue: Epilogue | str) -> int:
+    """The width of a layer's output after ``epilogue`` (``silu_mul`` halves it)."""
+    return out_features // 2 if epilogue == "silu_mul" else out_features
+
+
 def apply_epilogue(out: torch.Tensor, epilogue: Epilogue | str) -> torch.Tensor:
     """``epilogue`` on a layer's whole output ``[..., N]`` (in its dtype)."""
     if epilogue == "none":
