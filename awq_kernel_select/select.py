@@ -241,6 +241,10 @@ def select_kernel(
         reasons.append(f"the {version} checkpoint is converted losslessly to the {chosen.layout} layout")
     if measured is not None and chosen.provider == "awq_kernel_select":
         reasons.append(f"GEMV/GEMM crossover measured on this GPU: {measured.describe()}")
+    if chosen.provider == "awq_kernel_select":
+        tiles = _tile_table_reason(target)
+        if tiles is not None:
+            reasons.append(tiles)
     # Rows that fit in every way but an import: say so, a user may be able to fix that.
     for r in rejected:
         probed = all(q in verdicts for q in r.kernel.requires)
@@ -277,6 +281,20 @@ def _parse_version(version: str | None) -> Layout | None:
         if lowered == known:
             return known
     raise ValueError(f"unknown AWQ checkpoint version {version!r}; known: {', '.join(VERSIONS)}")
+
+
+def _tile_table_reason(target: Target) -> str | None:
+    """Which tuned tiles this library's kernels use on the target, where it is this process's
+    GPU 0 (a named capability without a GPU says nothing of tiles)."""
+    if target.device != "cuda" or target.name is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_name(0) != target.name:
+        return None
+    from .kernels.dispatch import tile_table_note
+
+    return tile_table_note(torch.device("cuda", 0))
 
 
 def _apply_measured(row: KernelSpec, measured: MeasuredCrossover) -> KernelSpec:

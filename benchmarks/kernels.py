@@ -36,6 +36,7 @@ import peers  # noqa: E402
 from awq_kernel_select import layouts as L  # noqa: E402
 from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph  # noqa: E402
 from awq_kernel_select.kernels import awq_linear  # noqa: E402
+from awq_kernel_select.kernels.dispatch import tile_table_note  # noqa: E402
 from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
 
 SHAPES_7B = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N)
@@ -201,7 +202,7 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
 
 def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Time every configuration; write the best per (layout, K, N, G, M) as a tuned table."""
-    from awq_kernel_select.kernels.dispatch import pick_config
+    from awq_kernel_select.kernels.dispatch import device_chip, pick_config
 
     results, entries = [], []
     shapes = SHAPE_SETS[args.shapes]
@@ -241,7 +242,10 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                     if "dequant" in timings:  # which of the two paths auto should take at this M
                         entry["path"] = "dequant" if timings["dequant"] < best[0] else "gemm"
                     entries.append(entry)
-        tuned = {"gpu": torch.cuda.get_device_name(), "source": "benchmarks/kernels.py --sweep", "entries": entries}
+        chip = device_chip(torch.device("cuda"))
+        tuned = {"gpu": torch.cuda.get_device_name(), "source": "benchmarks/kernels.py --sweep",
+                 "chip": {"capability": list(chip.capability), "multiprocessors": chip.multiprocessors},
+                 "entries": entries}
         (out_dir / f"tuned-{'-'.join(args.layouts)}.json").write_text(json.dumps(tuned, indent=1))  # after every shape: partial results survive
     return {"sweep": results}
 
@@ -271,7 +275,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "autoawq_path": peers.autoawq_path_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "group_size": GROUP,
+        "group_size": GROUP, "tile_table": tile_table_note(torch.device("cuda")),
     }
     try:
         import triton

@@ -30,6 +30,11 @@ hidden). One model per process: two models compiled and captured in one process 
 the static cache) on the H100; not traced::
 
     for g in 0 1; do python benchmarks/pdl_model.py --inductor-pdl 1 --ours-pdl 1 --combo-kernels 1 --gate $g --out DIR; done
+
+Session 11 added ``--attention aks``: the decode step's attention on this library's split-KV
+kernel (``use_decode_attention``) instead of SDPA (cuDNN)::
+
+    for a in sdpa aks; do python benchmarks/pdl_model.py --inductor-pdl 1 --ours-pdl 1 --combo-kernels 1 --attention $a --out DIR; done
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from awq_kernel_select.attention import use_decode_attention  # noqa: E402
 from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt  # noqa: E402
 from awq_kernel_select.bench.model import embedded_models  # noqa: E402
 from awq_kernel_select.bench.timing import capture_graph, time_replays  # noqa: E402
@@ -84,6 +90,8 @@ def main() -> None:
                         help="inductor's coordinate_descent_tuning (tunes each kernel's launch settings at compile time)")
     parser.add_argument("--gate", type=int, choices=[0, 1], default=1,
                         help="SiLU x up in the gate/up kernel's epilogue (fuse_projections(gate=...); session 10)")
+    parser.add_argument("--attention", choices=["sdpa", "aks"], default="sdpa",
+                        help="the decode step's attention: SDPA (cuDNN) or this library's kernel (session 11)")
     parser.add_argument("--hold-gib", type=float, default=0.0,
                         help="GiB of other tensors held on the GPU (allocated first), as the bench's other models")
     parser.add_argument("--layers", type=int, default=32)
@@ -106,6 +114,8 @@ def main() -> None:
         model = set_layout(copy.deepcopy(built.quantized), "gemv")
         fuse_projections(model, gate=bool(args.gate))
     del built
+    if args.attention == "aks":
+        use_decode_attention(model)
     inductor_triton.enable_pdl = bool(args.inductor_pdl)
     torch._inductor.config.combo_kernels = bool(args.combo_kernels)
     torch._inductor.config.coordinate_descent_tuning = bool(args.coordinate_descent)
@@ -130,6 +140,7 @@ def main() -> None:
             label = (f"{args.model} inductor_pdl={args.inductor_pdl} ours_pdl={ours_on} combo={args.combo_kernels}"
                      + (f" gate={args.gate}" if args.model != "fp16" else "")
                      + (" coordinate_descent" if args.coordinate_descent else "")
+                     + f" attention={args.attention}"
                      + (f" holding {len(held) / 2:g} GiB" if held else ""))
             graphs[label] = capture(step)
     errors: dict[str, list[float]] = {name: [] for name in graphs}

@@ -34,7 +34,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"GPU: **{meta['gpu']}** (compute capability {meta['capability'][0]}.{meta['capability'][1]}), "
         f"torch {meta['torch']} (CUDA {meta['cuda']}), triton {meta.get('triton', '?')}, "
         f"AutoAWQ path on this stack: `{meta['autoawq_path']}`; {meta['date']}; group size {meta['group_size']}.",
-        f"Device-to-device copy bandwidth: {result['bandwidth_Bps'] / 1e12:.2f} TB/s (read + write).",
+        f"Device-to-device copy bandwidth: {result['bandwidth_Bps'] / 1e12:.2f} TB/s (read + write)."
+        + (f" Tiles: {meta['tile_table']}." if "tile_table" in meta else ""),
         "",
         "Speed-up over fp16 `F.linear` (fp16 time / contender time; higher is better). "
         "`floor` is fp16 time / (packed bytes / copy bandwidth). `BW%` is our best layout's share "

@@ -7,18 +7,33 @@ backends that take the call, 32 layers' worth of calls captured in one CUDA grap
 replays, each checked against the math backend in float64::
 
     python benchmarks/sdpa_decode.py --out DIR     # ~20 s on an H100
+
+Session 11 added this library's split-KV decode kernel (``kernels/attention.py``, ``aks``: its
+default config) and, with ``--aks-sweep``, its configs (keys per loop step, programs in all,
+warps), timed the same way::
+
+    python benchmarks/sdpa_decode.py --aks-sweep --out DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 from pathlib import Path
 
+import itertools
+import sys
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from awq_kernel_select.kernels.attention import DEFAULT_CONFIG, DecodeAttentionConfig, decode_attention  # noqa: E402
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH}
@@ -31,6 +46,7 @@ def main() -> None:
     parser.add_argument("--kv-lens", type=int, nargs="+", default=[144, 528, 2064])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--replays", type=int, default=50)
+    parser.add_argument("--aks-sweep", action="store_true", help="also time the decode kernel's configs")
     parser.add_argument("--out", type=Path, default=Path("/tmp/sdpa-decode"))
     args = parser.parse_args()
     dev = torch.device("cuda")
@@ -44,16 +60,27 @@ def main() -> None:
         mask[..., kv - 15:] = float("-inf")  # the cache's unfilled slots, as transformers masks them
         ref = F.scaled_dot_product_attention(q.double(), ks[0].double(), vs[0].double(), attn_mask=mask.double())
         row: dict[str, object] = {"kv_len": kv}
-        for name, backend in BACKENDS.items():
+        calls: dict[str, tuple[Callable[[Any, Any], Any], Any]] = {
+            name: ((lambda k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)), sdpa_kernel([backend]))
+            for name, backend in BACKENDS.items()}
+        configs = {"aks": DEFAULT_CONFIG}
+        if args.aks_sweep:
+            configs.update({f"aks n{bn} p{p} w{w}": DecodeAttentionConfig(bn, p, w)
+                            for bn, p, w in itertools.product((16, 32, 64), (132, 264, 528), (2, 4))})
+        for name, cfg in configs.items():
+            calls[name] = ((lambda k, v, cfg=cfg: decode_attention(q, k, v, mask, config=cfg)), contextlib.nullcontext())
+        for name, (call, context) in calls.items():
             try:
-                with sdpa_kernel([backend]):
-                    out = F.scaled_dot_product_attention(q, ks[0], vs[0], attn_mask=mask)
+                with context:
+                    out = call(ks[0], vs[0])
+                    if name.startswith("aks"):
+                        out = out.transpose(1, 2)
                     err = float((out.double() - ref).norm() / ref.norm())
                     graph = torch.cuda.CUDAGraph()
                     torch.cuda.synchronize()
                     with torch.cuda.graph(graph):
                         for k, v in zip(ks, vs):
-                            F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                            call(k, v)
             except RuntimeError as exc:
                 row[name] = {"error": str(exc).splitlines()[0][:200]}
                 continue

@@ -376,6 +376,7 @@ def test_tuned_table_lookup_falls_back_to_the_next_bucket(tmp_path, monkeypatch)
     (tmp_path / "t.json").write_text(json.dumps({"gpu": "Fake GPU", "entries": [entry, big]}))
     monkeypatch.setenv("AWQ_KERNEL_SELECT_TUNED", str(tmp_path / "t.json"))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(dispatch, "device_chip", lambda device: dispatch.Chip((9, 0), 132))
     dispatch._tuned_table.cache_clear()
     try:
         cuda = torch.device("cuda")
@@ -385,6 +386,69 @@ def test_tuned_table_lookup_falls_back_to_the_next_bucket(tmp_path, monkeypatch)
         assert dispatch.tuned_entry(cuda, "gemv", 7, 32, 64, 32) is None
     finally:
         dispatch._tuned_table.cache_clear()
+
+
+def test_a_gpu_without_a_table_uses_a_same_chip_gpus_and_says_so(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Exact name first; else the table of a GPU model with the same capability and SM count
+    (the H200 takes the H100 SXM's); another SM count, or a file that records no chip, none."""
+    import json
+
+    import os
+
+    from awq_kernel_select.detect import ComputeCapability
+    from awq_kernel_select.kernels import dispatch
+    from awq_kernel_select.probes import Target
+    from awq_kernel_select.select import _tile_table_reason
+
+    def table(gpu: str, block_n: int, chip: dict[str, object] | None) -> dict[str, object]:
+        entry = {"layout": "gemv", "K": 64, "N": 32, "G": 32, "M": 1, "us": 1.0,
+                 "config": {"block_m": 1, "block_n": block_n, "block_k": 32, "split_k": 2}}
+        return {"gpu": gpu, "entries": [entry], **({"chip": chip} if chip else {})}
+
+    hopper = {"capability": [9, 0], "multiprocessors": 132}
+    files = {"a.json": table("GPU A", 32, hopper), "b.json": table("GPU B", 64, hopper),
+             "old.json": table("GPU Old", 16, None)}
+    for name, doc in files.items():
+        (tmp_path / name).write_text(json.dumps(doc))
+    monkeypatch.setenv("AWQ_KERNEL_SELECT_TUNED", os.pathsep.join(str(tmp_path / n) for n in files))
+    chip = dispatch.Chip((9, 0), 132)
+    dispatch._tuned_table.cache_clear()
+    try:
+        own = dispatch._tuned_table("GPU B", chip)
+        assert own is not None and own.gpu == "GPU B" and not own.same_chip_fallback
+        assert own.entries[("gemv", 64, 32, 32, 1)].config.block_n == 64
+        sibling = dispatch._tuned_table("GPU New", chip)
+        assert sibling is not None and sibling.gpu == "GPU A" and sibling.same_chip_fallback  # first in file order
+        assert sibling.entries[("gemv", 64, 32, 32, 1)].config.block_n == 32
+        assert "tuned on GPU A (the same chip: sm_90, 132 SMs" in sibling.describe()
+        assert dispatch._tuned_table("GPU New", dispatch.Chip((9, 0), 114)) is None
+        assert dispatch._tuned_table("GPU New", dispatch.Chip((8, 0), 132)) is None
+        assert dispatch._tuned_table("GPU New") is None  # no chip given: no fallback
+        assert dispatch._tuned_table("GPU Old", dispatch.Chip((7, 5), 40)).gpu == "GPU Old"  # type: ignore[union-attr]
+
+        # select_kernel names the table where the GPU it selects for is this process's
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU New")
+        monkeypatch.setattr(dispatch, "device_chip", lambda device: chip)
+        target = Target("cuda", ComputeCapability(9, 0), "sm_90", "GPU New")
+        assert "tuned on GPU A" in (_tile_table_reason(target) or "")
+        monkeypatch.setattr(dispatch, "device_chip", lambda device: dispatch.Chip((9, 0), 114))
+        assert "heuristic tiles" in (_tile_table_reason(target) or "")
+        assert _tile_table_reason(Target("cuda", ComputeCapability(9, 0), "sm_90", "Another GPU")) is None
+    finally:
+        dispatch._tuned_table.cache_clear()
+
+
+def test_the_shipped_h100_table_serves_the_h200() -> None:
+    """Measured on an H200 (docs/data/kernels-h200-s12-m1-*.json): the H100's M = 1 tiles ran
+    1.89-2.75x fp16 there against the heuristic's 1.86-2.45x. The 114-SM H100 PCIe gets none."""
+    from awq_kernel_select.kernels import dispatch
+
+    dispatch._tuned_table.cache_clear()
+    h200 = dispatch._tuned_table("NVIDIA H200", dispatch.Chip((9, 0), 132))
+    assert h200 is not None and h200.gpu == "NVIDIA H100 80GB HBM3" and h200.same_chip_fallback
+    assert dispatch._tuned_table("NVIDIA H100 PCIe", dispatch.Chip((9, 0), 114)) is None
+    dispatch._tuned_table.cache_clear()
 
 
 def test_shipped_tuned_tables_hold_only_tiles_the_kernels_accept() -> None:

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in the gate/up kernel)")
     parser.add_argument("--no-pdl", action="store_true",
                         help="skip the compiled variants with programmatic dependent launch (sm90+)")
+    parser.add_argument("--no-decode-attention", action="store_true",
+                        help="skip the compiled PDL variants whose decode attention runs this library's kernel")
     parser.add_argument("--no-combo-kernels", action="store_true",
                         help="compile without inductor's combo kernels (small independent kernels as one launch)")
     parser.add_argument("--no-save", action="store_true", help="do not store the measured crossover")
@@ -43,7 +45,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                       batch_sizes=tuple(args.batch_sizes), reps=args.reps, graph=not args.no_graph,
                       save_measured=not args.no_save, compile=args.compile,
                       compile_backend=args.compile_backend, fuse=not args.no_fuse, pdl=not args.no_pdl,
-                      combo_kernels=not args.no_combo_kernels, progress=progress)
+                      combo_kernels=not args.no_combo_kernels, decode_attention=not args.no_decode_attention,
+                      progress=progress)
     result = run_benchmark(cfg)
     written = write_all(result, args.out)
     print(json.dumps(result.to_dict(), indent=1, default=str) if args.json else table(result))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..attention import use_decode_attention
 from ..fuse import fuse_projections
 from ..measured import MeasuredCrossover, save_crossover
 from ..modules import set_layout, set_path
@@ -42,6 +43,9 @@ class BenchConfig:
     # rotary embeddings of q and k, the cache writes) launched as one (H100, 7B-shaped step:
     # -1.7% fused 4-bit, -0.4% fp16; docs/benchmarks.md, session 9)
     combo_kernels: bool = True
+    # also compile fp16 and the fused model with PDL and the decode step's attention on this
+    # library's split-KV kernel instead of SDPA (use_decode_attention; labels end in "+attn")
+    decode_attention: bool = True
     progress: Callable[[str], None] = print
 
 
@@ -121,6 +125,10 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         description = f"checkpoint {cfg.model}"
     selection = select_kernel(workload="interactive", device=None if on_gpu else "cpu", use_measured=False)
     if on_gpu:
+        from ..kernels.dispatch import tile_table_note
+
+        notes.append(f"ours: {tile_table_note(device)}")
+    if on_gpu:
         variants["aks_gemm"] = set_layout(quantized, "gemm")
         import copy
 
@@ -173,18 +181,28 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     cross = crossover(sweep) if on_gpu else None
 
     if cfg.compile if cfg.compile is not None else on_gpu:
-        runs = [(v, False) for v in ("fp16", "aks_gemv", "aks_gemv_fused", "torch_dequant") if v in variants]
+        runs = [(v, False, False) for v in ("fp16", "aks_gemv", "aks_gemv_fused", "torch_dequant") if v in variants]
         if cfg.pdl and on_gpu and cfg.compile_backend == "inductor" and pdl_available():
-            runs += [(v, True) for v in ("fp16", "aks_gemv_fused") if v in variants]
+            runs += [(v, True, False) for v in ("fp16", "aks_gemv_fused") if v in variants]
+            if cfg.decode_attention:
+                runs += [(v, True, True) for v in ("fp16", "aks_gemv_fused") if v in variants]
+                notes.append("+attn variants: the decode step's attention runs this library's split-KV kernel "
+                             "(use_decode_attention) instead of SDPA (cuDNN); --no-decode-attention skips them")
         if cfg.combo_kernels and on_gpu:
             notes.append("+compile variants: inductor's combo kernels on (independent small kernels launched as one; "
                          "--no-combo-kernels turns them off)")
-        for name, pdl in runs:
-            label = f"{name}+compile{'+pdl' if pdl else ''}"
+        for name, pdl, attn in runs:
+            label = f"{name}+compile{'+pdl' if pdl else ''}{'+attn' if attn else ''}"
             say(f"torch.compile: {label} (whole model, fullgraph; ~30 s) ...")
-            result = measure_compiled(variants[name], label, prompt_len=prompt_len,
-                                      reps=cfg.reps if on_gpu else 3, graph=cfg.graph, backend=cfg.compile_backend,
-                                      pdl=pdl, combo_kernels=cfg.combo_kernels and on_gpu)
+            if attn:
+                use_decode_attention(variants[name])
+            try:
+                result = measure_compiled(variants[name], label, prompt_len=prompt_len,
+                                          reps=cfg.reps if on_gpu else 3, graph=cfg.graph,
+                                          backend=cfg.compile_backend, pdl=pdl,
+                                          combo_kernels=cfg.combo_kernels and on_gpu)
+            finally:
+                use_decode_attention(variants[name], enabled=False)
             single.append(result)
             notes += [f"{result.variant}: {n}" for n in result.notes]
     elif cfg.compile is None:

@@ -126,9 +126,10 @@ def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> M
 
 
 #: Tile configurations measured best per GPU by ``benchmarks/kernels.py --sweep`` (shipped
-#: JSON, one file per GPU model). ``AWQ_KERNEL_SELECT_TUNED`` names another file.
+#: JSON, one file per GPU model). ``AWQ_KERNEL_SELECT_TUNED`` names other files instead.
 TUNED_DIR = Path(__file__).parent / "tuned"
 M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # the M each entry was tuned at; a call uses the next one up
+TableKey = tuple[str, int, int, int, int]  # layout, K, N, group size, M bucket
 
 
 def m_bucket(m: int) -> int:
@@ -141,30 +142,102 @@ class TunedEntry:
     path: KernelPath | None  # for M > 16: whether the fused kernel or dequantize + cuBLAS won
 
 
+@dataclass(frozen=True)
+class Chip:
+    """What tiles depend on: the instruction set and how many SMs a grid is spread over. GPU
+    models that share both (the H100 SXM and the H200: GH100 with 132 SMs; not the 114-SM H100
+    PCIe) run the same tiles best but for their memory's speed."""
+
+    capability: tuple[int, int]
+    multiprocessors: int
+
+    def __str__(self) -> str:
+        return f"sm_{self.capability[0]}{self.capability[1]}, {self.multiprocessors} SMs"
+
+
+@dataclass(frozen=True)
+class TunedTable:
+    """The tuned tiles one GPU's calls use: measured on ``gpu`` (this GPU, or, where it has no
+    table of its own, another model of the same :class:`Chip`), read from ``files``."""
+
+    gpu: str
+    chip: Chip | None
+    same_chip_fallback: bool
+    files: tuple[str, ...]
+    entries: dict[TableKey, TunedEntry]
+
+    def describe(self) -> str:
+        where = ", ".join(Path(f).name for f in self.files)
+        if self.same_chip_fallback:
+            return (f"tile table tuned on {self.gpu} (the same chip: {self.chip}; this GPU has no table of its "
+                    f"own: {where})")
+        return f"tile table tuned on this GPU model ({where})"
+
+
+def _chip_of(data: dict[str, object]) -> Chip | None:
+    chip = data.get("chip")
+    if not isinstance(chip, dict):
+        return None
+    major, minor = chip["capability"]
+    return Chip((int(major), int(minor)), int(chip["multiprocessors"]))
+
+
 @functools.lru_cache(maxsize=None)
-def _tuned_table(device_name: str) -> dict[tuple[str, int, int, int, int], TunedEntry]:
+def _tuned_table(device_name: str, chip: Chip | None = None) -> TunedTable | None:
+    """The table of ``device_name``; else, with ``chip`` given, the first GPU model's (in file
+    order) whose files record that chip. Entries of later files win."""
     custom = os.environ.get("AWQ_KERNEL_SELECT_TUNED")  # files separated by os.pathsep; later wins
     files = [Path(f) for f in custom.split(os.pathsep) if f] if custom else sorted(TUNED_DIR.glob("*.json"))
-    table: dict[tuple[str, int, int, int, int], TunedEntry] = {}
-    for path in files:
-        data = json.loads(path.read_text())
-        if data.get("gpu") != device_name:
-            continue
+    documents = [(path, json.loads(path.read_text())) for path in files]
+    ours = [(path, data) for path, data in documents if data.get("gpu") == device_name]
+    fallback = not ours and chip is not None
+    if fallback:
+        sibling = next((data["gpu"] for _, data in documents if _chip_of(data) == chip), None)
+        ours = [(path, data) for path, data in documents if sibling is not None and data.get("gpu") == sibling]
+    if not ours:
+        return None
+    entries: dict[TableKey, TunedEntry] = {}
+    for _, data in ours:
         for e in data["entries"]:
-            table[(e["layout"], e["K"], e["N"], e["G"], e["M"])] = TunedEntry(MatmulConfig(**e["config"]), e.get("path"))
-    return table
+            entries[(e["layout"], e["K"], e["N"], e["G"], e["M"])] = TunedEntry(MatmulConfig(**e["config"]),
+                                                                               e.get("path"))
+    return TunedTable(str(ours[0][1]["gpu"]), next((_chip_of(d) for _, d in ours if _chip_of(d)), chip), fallback,
+                      tuple(str(path) for path, _ in ours), entries)
+
+
+@functools.lru_cache(maxsize=None)
+def device_chip(device: torch.device) -> Chip:
+    props = torch.cuda.get_device_properties(device)
+    return Chip((int(props.major), int(props.minor)), int(props.multi_processor_count))
+
+
+def tuned_table(device: torch.device) -> TunedTable | None:
+    """The tuned tiles this CUDA device's calls use (None: the heuristics of :func:`gemv_config`
+    and :func:`gemm_config` for every shape)."""
+    if device.type != "cuda":
+        return None
+    return _tuned_table(torch.cuda.get_device_name(device), device_chip(device))
+
+
+def tile_table_note(device: torch.device) -> str:
+    """One line for reports: which tuned tiles this CUDA device's calls use, or that none do."""
+    table = tuned_table(device)
+    if table is None:
+        return (f"no tuned tile table for {torch.cuda.get_device_name(device)}: heuristic tiles "
+                "(benchmarks/kernels.py --sweep measures a table)")
+    return table.describe()
 
 
 def tuned_entry(device: torch.device, layout: str, m: int, n: int, k: int, g: int) -> TunedEntry | None:
     """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not)."""
-    if device.type != "cuda":
+    table = tuned_table(device)
+    if table is None:
         return None
-    table = _tuned_table(torch.cuda.get_device_name(device))
     bucket = m_bucket(m)
     for b in M_BUCKETS[M_BUCKETS.index(bucket):]:
         if (b <= 16) != (bucket <= 16):
             break
-        found = table.get((layout, k, n, g, b))
+        found = table.entries.get((layout, k, n, g, b))
         if found is not None:
             return found
     return None

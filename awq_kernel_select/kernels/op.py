@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..layouts import PackedWeights
+from . import attention
 from .dispatch import DEFAULT_DISPATCH, DispatchPolicy, linear_with_replay
 from .matmul import Replay
 from .reference import Epilogue, output_width
@@ -34,8 +35,11 @@ SCHEMA = ("linear(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor
           "int dequant_min_tokens, int dequant_chunk_bytes, int dequant_chunk_min_cols, str epilogue=\"none\") -> Tensor")
 
 _library: Any = torch.library  # its functions carry no type hints
+ATTENTION_SCHEMA = "decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor"
+
 _LIBRARY = _library.Library("awq_kernel_select", "DEF")
 _LIBRARY.define(SCHEMA)
+_LIBRARY.define(ATTENTION_SCHEMA)
 
 _MAX_KEPT = 4096
 _KEPT: dict[tuple[Any, ...], tuple[tuple[weakref.ref[torch.Tensor] | None, ...], Replay]] = {}
@@ -117,3 +121,21 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales:
                                                        out_features, group_size, path, *policy_args(policy),
                                                        epilogue)
     return out
+
+
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                      scale: float) -> torch.Tensor:
+    """One query token per sequence against the KV cache (``kernels/attention.py``), launched
+    with PDL where inductor uses it."""
+    return attention.decode_attention(q, k, v, mask, scale, pdl=inductor_pdl())
+
+
+def _decode_attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                            scale: float) -> torch.Tensor:
+    batch, heads, _, head_dim = q.shape
+    return q.new_empty((batch, 1, heads, head_dim))
+
+
+_LIBRARY.impl("decode_attention", _decode_attention, "CPU")
+_LIBRARY.impl("decode_attention", _decode_attention, "CUDA")
+_library.register_fake("awq_kernel_select::decode_attention")(_decode_attention_shape)
