@@ -69,6 +69,20 @@ def test_kernel_matches_float64_attention(shape: tuple[int, int, int, int, int],
         assert rel_err(out, ref) < bound, (dtype, rel_err(out, ref))
 
 
+@pytest.mark.parametrize("config", [ONE_SPLIT, MANY_SPLITS], ids=["one-split", "splits"])
+def test_a_row_masked_out_by_finfo_min_averages_as_in_sdpa(config: A.DecodeAttentionConfig) -> None:
+    """Every key of a row masked by transformers' additive ``finfo.min``: SDPA (and float64)
+    average the values (fp16's -65504 leaves the scores' softmax). bf16's -3.4e38 is clamped in
+    the kernel, and must stay above the running maximum's start, or the row would be 0 / 0."""
+    for dtype, bound in ((torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)):
+        q, k, v = inputs(1, 4, 2, 40, 32, dtype, seed=11)
+        mask = torch.zeros(1, 4, 1, 40, dtype=dtype, device=DEVICE)
+        mask[:, 1] = torch.finfo(dtype).min  # head 1 sees no key
+        out = A.decode_attention(q, k, v, mask, 0.3, config=config)
+        ref = A.reference_decode_attention(q, k, v, mask, 0.3)
+        assert not out.isnan().any() and rel_err(out, ref) < bound, (dtype, rel_err(out, ref))
+
+
 def test_splits_put_their_tickets_back() -> None:
     """Every head's last split merges and zeroes its ticket: a second call on fresh inputs (and
     a third of another size) is right again, with no reset between."""

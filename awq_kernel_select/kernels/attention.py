@@ -18,7 +18,7 @@ Semantics are those of ``torch.nn.functional.scaled_dot_product_attention`` with
 (additive float, or bool with True = attend) and grouped-query heads (head ``h`` reads key/value
 head ``h // (H / H_kv)``). One difference: a row whose keys are all masked out by a bool mask
 averages their values where SDPA returns NaN (an additive mask of ``finfo.min``, as transformers
-builds it, behaves as in SDPA).
+builds it, behaves as in SDPA, in fp16 and bf16; ``-inf`` is taken as ``-1e29``).
 """
 
 from __future__ import annotations
@@ -71,8 +71,11 @@ def decode_attention_kernel(
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=inside[:, None], other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=inside[:, None], other=0.0)
         s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-        if MASK_KIND == 1:  # additive (bf16's finfo.min times log2(e) would overflow fp32: clamped)
-            bias = tl.maximum(tl.load(mask_base + offs_n, mask=inside, other=0.0).to(tl.float32), -1.0e30)
+        if MASK_KIND == 1:
+            # additive. bf16's finfo.min times log2(e) would overflow fp32: clamped, to -1e29 so
+            # that the clamped scores (-1.44e29) stay above m_i's start (-1e30): a row masked out
+            # everywhere then averages its values, as SDPA does, instead of 0 / 0
+            bias = tl.maximum(tl.load(mask_base + offs_n, mask=inside, other=0.0).to(tl.float32), -1.0e29)
             s += bias * 1.4426950408889634
         elif MASK_KIND == 2:  # bool (as bytes): 1 = attend
             keep = tl.load(mask_base + offs_n, mask=inside, other=0) != 0
