@@ -8,7 +8,8 @@ the packed linears are. Calls with more query tokens (the prompt) run transforme
 function unchanged. Any model whose attention goes through transformers' attention interface
 and takes SDPA (Llama, Mistral, Qwen2, ...) can use it; the weights are not touched.
 
-Measured on the H100 (docs/benchmarks.md): the 7B-shaped model's compiled decode step.
+Measured on an H200 (docs/benchmarks.md, session 12): 6.50 us per call vs cuDNN's 6.68 at 144
+keys; the 7B-shaped model's compiled decode step 1.2-2.6% shorter.
 """
 
 from __future__ import annotations

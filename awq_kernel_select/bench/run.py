@@ -128,7 +128,6 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         from ..kernels.dispatch import tile_table_note
 
         notes.append(f"ours: {tile_table_note(device)}")
-    if on_gpu:
         variants["aks_gemm"] = set_layout(quantized, "gemm")
         import copy
 

@@ -23,15 +23,15 @@ builds it, behaves as in SDPA, in fp16 and bf16; ``-inf`` is taken as ``-1e29``)
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from .dispatch import _sm_count
 from .launch import interpreting, launch
-from .matmul import _wait_for_previous_kernel, pdl_capable
+from .matmul import _cdiv, _wait_for_previous_kernel, pdl_capable
 
 LOG2E = 1.4426950408889634
 
@@ -131,6 +131,7 @@ class DecodeAttentionConfig:
 
     def splits(self, kv_len: int, heads_total: int, device: torch.device) -> tuple[int, int, int]:
         """``(block_n, keys_per_split, n_splits)`` for ``heads_total`` (sequence, head) pairs."""
+        # off the GPU (the interpreter) _sm_count says 4: a few splits, so that the tests see the merge
         target = self.programs if self.programs is not None else 4 * _sm_count(device)
         per_head = max(1, _cdiv(target, heads_total))
         block_n = self.block_n or (64 if _cdiv(kv_len, per_head) > 32 else 32)
@@ -139,18 +140,7 @@ class DecodeAttentionConfig:
         return block_n, keys_per_split, _cdiv(kv_len, keys_per_split)
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 DEFAULT_CONFIG = DecodeAttentionConfig()
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: a few splits, so that the tests see the merge
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 _WORKSPACES: dict[tuple[torch.device, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -158,7 +158,8 @@ class Chip:
 @dataclass(frozen=True)
 class TunedTable:
     """The tuned tiles one GPU's calls use: measured on ``gpu`` (this GPU, or, where it has no
-    table of its own, another model of the same :class:`Chip`), read from ``files``."""
+    table of its own, another model of the same :class:`Chip`), read from ``files``. ``chip``:
+    the chip of the GPU served (None where it was not asked for)."""
 
     gpu: str
     chip: Chip | None
@@ -201,8 +202,7 @@ def _tuned_table(device_name: str, chip: Chip | None = None) -> TunedTable | Non
         for e in data["entries"]:
             entries[(e["layout"], e["K"], e["N"], e["G"], e["M"])] = TunedEntry(MatmulConfig(**e["config"]),
                                                                                e.get("path"))
-    return TunedTable(str(ours[0][1]["gpu"]), next((_chip_of(d) for _, d in ours if _chip_of(d)), chip), fallback,
-                      tuple(str(path) for path, _ in ours), entries)
+    return TunedTable(str(ours[0][1]["gpu"]), chip, fallback, tuple(str(path) for path, _ in ours), entries)
 
 
 @functools.lru_cache(maxsize=None)
