@@ -8,8 +8,8 @@ the packed linears are. Calls with more query tokens (the prompt) run transforme
 function unchanged. Any model whose attention goes through transformers' attention interface
 and takes SDPA (Llama, Mistral, Qwen2, ...) can use it; the weights are not touched.
 
-Measured on an H200 (docs/benchmarks.md, session 12): 6.50 us per call vs cuDNN's 6.68 at 144
-keys; the 7B-shaped model's compiled decode step 1.2-2.6% shorter.
+The mask the function receives is the one transformers builds for SDPA: from transformers 4.53
+that needs the mask builder registered under the same name (``stack.register_attention``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_attn_mask_utils import AttentionMaskConverter
 
 from .kernels import attention as kernel
 from .kernels import matmul
 from .kernels.launch import interpreting
+from .stack import register_attention
 
 ATTN_IMPLEMENTATION = "aks_decode"
 
@@ -48,11 +48,6 @@ def decode_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     if torch.compiler.is_compiling():
         return torch.ops.awq_kernel_select.decode_attention(query, key, value, attention_mask, scale), None
     return kernel.decode_attention(query, key, value, attention_mask, scale, pdl=matmul.USE_PDL), None
-
-
-def _register() -> None:
-    interface: Any = AttentionInterface
-    interface.register(ATTN_IMPLEMENTATION, decode_attention_forward)
 
 
 def use_decode_attention(model: nn.Module, enabled: bool = True) -> str:
@@ -86,6 +81,6 @@ def use_decode_attention(model: nn.Module, enabled: bool = True) -> str:
     if device.type != "cuda" and not interpreting():
         raise ValueError(f"the model is on {device}: the decode kernel is Triton and runs on CUDA GPUs "
                          "(or under TRITON_INTERPRET=1)")
-    _register()
+    register_attention(ATTN_IMPLEMENTATION, decode_attention_forward)
     config._attn_implementation = ATTN_IMPLEMENTATION
     return ATTN_IMPLEMENTATION

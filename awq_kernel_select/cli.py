@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from .detect import Detection, DeviceIndexError, detect_compute_capability
 from .policy import DEFAULT_TABLE
 from .select import NoKernelError, Workload, select_kernel
+from .stack import StackError, check_transformers
 
 
 def _detection_dict(detection: Detection) -> dict[str, Any]:
@@ -85,6 +86,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.cli import run_from_args  # the benchmark lives apart from the core
 
+    check_transformers()
+
     return run_from_args(args)
 
 
@@ -131,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (NoKernelError, DeviceIndexError, ValueError, KeyError, FileNotFoundError) as exc:
+    except (NoKernelError, DeviceIndexError, StackError, ValueError, KeyError, FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -159,13 +159,26 @@ def _code(function: Any) -> tuple[bytes, tuple[str, ...], tuple[str, ...]] | Non
 _SWIGLU_CODES = (_code(_swiglu_forward), _code(_swiglu_forward_short))
 
 
+def _silu_forward(self: Any, input: Any) -> Any:  # transformers 5.x's SiLUActivation.forward
+    return nn.functional.silu(input)
+
+
+def _is_silu(act: Any) -> bool:
+    """``nn.SiLU`` (transformers 4.x's Llama MLP), or a module whose forward is exactly
+    ``nn.functional.silu(input)`` (5.x's ``transformers.activations.SiLUActivation``)."""
+    if isinstance(act, nn.SiLU):
+        return True
+    return (isinstance(act, nn.Module) and not act._forward_hooks and not act._forward_pre_hooks
+            and "forward" not in vars(act) and _code(type(act).forward) == _code(_silu_forward))
+
+
 def _not_swiglu(mlp: nn.Module) -> str | None:
     """Why ``mlp`` cannot become a :class:`GatedMLP` (None if it can)."""
     if "forward" in vars(mlp) or mlp._forward_hooks or mlp._forward_pre_hooks:
         return "its forward is wrapped or hooked"
     if _code(type(mlp).forward) not in _SWIGLU_CODES:
         return "its forward is not down_proj(act_fn(gate_proj(x)) * up_proj(x))"
-    if not isinstance(getattr(mlp, "act_fn", None), nn.SiLU):
+    if not _is_silu(getattr(mlp, "act_fn", None)):
         return f"its activation is {type(getattr(mlp, 'act_fn', None)).__name__}, not SiLU"
     return None
 

@@ -21,6 +21,7 @@ from .detect import detect_compute_capability
 from .fuse import fuse_projections
 from .modules import LAYOUT_CLASSES, AWQLinear, set_layout, set_path
 from .select import VERSIONS, Selection, select_kernel
+from .stack import at_least, check_rope_fields, dtype_kwargs, portable_config, require_awq
 
 
 class CheckpointError(ValueError):
@@ -37,6 +38,9 @@ class CheckpointInfo:
     modules_to_not_convert: tuple[str, ...]
     model_type: str
     weight_files: tuple[Path, ...]
+    #: config fields this transformers needs passed explicitly (RoPE settings a 5.x config holds
+    #: only as ``rope_parameters``, which 4.x would silently read as the defaults)
+    config_overrides: tuple[tuple[str, Any], ...] = ()
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
@@ -51,6 +55,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
         config = json.loads(config_file.read_text())
     except ValueError as exc:
         raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} holds a JSON {type(config).__name__}, not an object with the model's settings")
+    check_rope_fields(config, str(config_file))
+    portable = portable_config(config)
+    overrides = () if at_least(5, 0) else tuple((k, portable[k]) for k in portable if k not in config)
     quant = config.get("quantization_config")
     legacy = root / "quant_config.json"
     if quant is None and legacy.is_file():
@@ -78,7 +87,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
         path=root, version=version, bits=4, group_size=group,
         zero_point=bool(quant.get("zero_point", True)),
         modules_to_not_convert=tuple(quant.get("modules_to_not_convert") or ()),
-        model_type=str(config.get("model_type", "")), weight_files=files,
+        model_type=str(config.get("model_type", "")), weight_files=files, config_overrides=overrides,
     )
 
 
@@ -137,6 +146,7 @@ def load_quantized(
     workload: Any = None,
     device: str | torch.device | int | None = None,
     layout: str | None = None,
+    trust_remote_code: bool = False,
     **from_quantized_kwargs: Any,
 ) -> Any:
     """Load an AutoAWQ checkpoint onto the selected kernel; a drop-in for ``from_quantized``.
@@ -151,10 +161,13 @@ def load_quantized(
     packed linear (:func:`~awq_kernel_select.fuse.fuse_projections`; the wrapper carries
     ``awq_fuse_report``); attention runs the model's own code, and a SwiGLU MLP becomes a
     :class:`~awq_kernel_select.fuse.GatedMLP` (SiLU x up in the gate/up kernel).
+    ``trust_remote_code`` (default False, on every path: AutoAWQ's own default is True) lets a
+    checkpoint's ``auto_map`` run the Python files it ships.
     """
     if layout not in (None, "gemm", "gemv"):
         raise ValueError(f"layout={layout!r}: use 'gemm', 'gemv' or None (the selected kernel's)")
     info = read_checkpoint(path)
+    from_quantized_kwargs["trust_remote_code"] = bool(trust_remote_code)
     dev = resolve_device(device)
     selection = _select(info, dev, kernel, workload)
     if selection.kernel.provider == "autoawq" and info.version == selection.layout:
@@ -187,6 +200,7 @@ AUTOAWQ_MODULES = {"autoawq_gemm": "WQLinear_GEMM", "autoawq_triton_gemm": "WQLi
 
 def hand_to_autoawq(model: torch.nn.Module, class_name: str) -> None:
     """Replace every packed layer by AutoAWQ's ``class_name`` module holding the same buffers."""
+    require_awq()
     import awq.modules.linear as awq_linear
     from awq.utils.module import set_op_by_name
 
@@ -213,24 +227,28 @@ def kernels_in(model: torch.nn.Module) -> dict[str, str]:
 
 def _load_with_autoawq(info: CheckpointInfo, device: torch.device, selection: Selection,
                        kwargs: dict[str, Any]) -> Any:
+    require_awq()
     from awq import AutoAWQForCausalLM
 
     flags = {"autoawq_exllama": {"use_exllama": True}, "autoawq_exllama_v2": {"use_exllama_v2": True},
              "autoawq_ipex": {"use_ipex": True}}.get(selection.name, {})
     kwargs = {**flags, **kwargs}
     kwargs.setdefault("device_map", {"": str(device)})  # AutoAWQ rejects device_map="cuda"
+    kwargs = {**dict(info.config_overrides), **kwargs}  # AutoAWQ hands these to AutoConfig
     return AutoAWQForCausalLM.from_quantized(str(info.path), **kwargs)
 
 
 def _load_with_ours(info: CheckpointInfo, device: torch.device, selection: Selection,
                     layout: str | None, kwargs: dict[str, Any]) -> Any:
     from accelerate import init_empty_weights, load_checkpoint_and_dispatch
+
+    require_awq()
     from awq.models._config import AwqConfig
     from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP
     from awq.utils.module import exclude_layers_to_not_quantize, get_named_linears, set_op_by_name
     from transformers import AutoConfig, AutoModelForCausalLM  # type: ignore[attr-defined]
 
-    unsupported = set(kwargs) - {"torch_dtype", "trust_remote_code", "max_seq_len", "fuse_layers"}
+    unsupported = set(kwargs) - {"dtype", "torch_dtype", "trust_remote_code", "max_seq_len", "fuse_layers"}
     if unsupported:
         raise TypeError(f"load_quantized with this library's kernels does not take {sorted(unsupported)}")
     if info.model_type not in AWQ_CAUSAL_LM_MODEL_MAP:
@@ -238,11 +256,11 @@ def _load_with_ours(info: CheckpointInfo, device: torch.device, selection: Selec
     if info.version not in LAYOUT_CLASSES:
         raise CheckpointError(f"{info.path / 'config.json'}: version {info.version!r} needs AutoAWQ's own kernel")
     awq_cls = AWQ_CAUSAL_LM_MODEL_MAP[info.model_type]
-    dtype = kwargs.get("torch_dtype", torch.float16)
-    config = AutoConfig.from_pretrained(str(info.path), trust_remote_code=kwargs.get("trust_remote_code", False))
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype", torch.float16))  # 5.x's name, or 4.x's
+    trust = bool(kwargs.get("trust_remote_code", False))
+    config = AutoConfig.from_pretrained(str(info.path), trust_remote_code=trust, **dict(info.config_overrides))
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype,
-                                                 trust_remote_code=kwargs.get("trust_remote_code", False))
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust, **dtype_kwargs(dtype))
     layer_cls = LAYOUT_CLASSES[info.version]
     for layer in awq_cls.get_model_layers(model):
         named = exclude_layers_to_not_quantize(get_named_linears(layer), list(info.modules_to_not_convert))

@@ -76,8 +76,11 @@ def load_all(path: Path | None = None) -> dict[str, MeasuredCrossover]:
                 stacklevel=2,
             )
             return {}
-        return {key: MeasuredCrossover.from_dict(entry) for key, entry in data["gpus"].items()}
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        gpus = data.get("gpus")
+        if not isinstance(gpus, dict):
+            raise ValueError(f"'gpus' is {type(gpus).__name__}, not an object of entries by GPU")
+        return {key: MeasuredCrossover.from_dict(entry) for key, entry in gpus.items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         warnings.warn(f"ignoring unreadable measured-results cache {path}: {exc}", stacklevel=2)
         return {}
 

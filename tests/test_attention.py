@@ -138,7 +138,8 @@ def tiny_llama() -> Any:
     return random_llama(TINY, 2, torch.device(DEVICE))
 
 
-def test_model_decodes_with_the_kernel_as_with_sdpa() -> None:
+@pytest.mark.stack
+def test_model_decodes_with_the_kernel_as_with_sdpa(record_property: Any) -> None:
     """A static-cache decode step of a tiny Llama: the logits with decode attention are SDPA's;
     the prompt (several tokens) still runs SDPA, bit for bit."""
     import transformers
@@ -158,6 +159,7 @@ def test_model_decodes_with_the_kernel_as_with_sdpa() -> None:
                          cache_position=torch.tensor([11], device=DEVICE)).logits
         logits[name] = (first, step)
     assert torch.equal(logits["ours"][0], logits["sdpa"][0])
+    record_property("rel_err_vs_sdpa", f"{rel_err(logits['ours'][1], logits['sdpa'][1].double()):.1e}")
     assert rel_err(logits["ours"][1], logits["sdpa"][1].double()) < 2e-3
     assert use_decode_attention(ours, enabled=False) == "sdpa"
 

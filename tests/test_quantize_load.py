@@ -13,6 +13,7 @@ from awq_kernel_select.calibration import CalibrationError, load_preset, prepare
 from awq_kernel_select.load import CheckpointError, kernels_in, load_quantized, read_checkpoint, resolve_device
 from awq_kernel_select.modules import AKSLinearGEMM, AKSLinearGEMV, AWQLinear
 from awq_kernel_select.quantize import QuantizeError, quantize
+from awq_kernel_select.stack import dtype_kwargs
 
 import tiny
 
@@ -49,6 +50,7 @@ IDS = torch.tensor([[1, 17, 40, 99, 3, 250, 7, 64]])
 # --- quantize ------------------------------------------------------------------------------------
 
 
+@pytest.mark.stack
 def test_quantize_with_the_embedded_corpus(fp16_dir: Path, tmp_path: Path) -> None:
     report = quantize(fp16_dir, tmp_path / "out", **FAST)
     assert report.calibration_source == "preset:prose" and report.calibration_tokens_used == 8 * 64
@@ -63,6 +65,7 @@ def test_quantize_with_the_embedded_corpus(fp16_dir: Path, tmp_path: Path) -> No
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp folders left
 
 
+@pytest.mark.stack
 def test_load_auto_matches_autoawqs_own_dequantized_weights(gemm_ckpt: Path, fp16_dir: Path) -> None:
     from awq.utils.packing_utils import dequantize_gemm
     from safetensors.torch import load_file
@@ -74,7 +77,7 @@ def test_load_auto_matches_autoawqs_own_dequantized_weights(gemm_ckpt: Path, fp1
     assert wrapper.awq_kernel_selection.name == "torch_dequant"
     # reference: AutoAWQ's own dequantization, in an fp32 copy of the model
     state = load_file(str(gemm_ckpt / "model.safetensors"))
-    ref_model = AutoModelForCausalLM.from_pretrained(fp16_dir, torch_dtype=torch.float32)
+    ref_model = AutoModelForCausalLM.from_pretrained(fp16_dir, **dtype_kwargs(torch.float32))
     ref_state = ref_model.state_dict()
     for key in [k for k in state if k.endswith(".qweight")]:
         prefix = key[: -len(".qweight")]
@@ -88,6 +91,7 @@ def test_load_auto_matches_autoawqs_own_dequantized_weights(gemm_ckpt: Path, fp1
     assert float((ours - ref).norm() / ref.norm()) < 2e-3
 
 
+@pytest.mark.stack
 def test_gemm_checkpoint_and_its_gemv_conversion_give_identical_logits(gemm_ckpt: Path, gemv_ckpt: Path) -> None:
     as_gemm = load_quantized(gemm_ckpt, device="cpu")
     as_gemv = load_quantized(gemm_ckpt, device="cpu", layout="gemv")
@@ -103,6 +107,7 @@ def test_gemm_checkpoint_and_its_gemv_conversion_give_identical_logits(gemm_ckpt
             assert torch.equal(getattr(module, buf), getattr(original[name], buf)), (name, buf)
 
 
+@pytest.mark.stack
 def test_fuse_layers_fuses_our_linears_and_keeps_the_logits(gemm_ckpt: Path) -> None:
     """``fuse_layers=True`` (from_quantized's flag) fuses q/k/v and gate/up instead of being ignored."""
     plain = load_quantized(gemm_ckpt, device="cpu")
@@ -113,6 +118,7 @@ def test_fuse_layers_fuses_our_linears_and_keeps_the_logits(gemm_ckpt: Path) -> 
     assert float((a - b).norm() / a.norm()) < 1e-3
 
 
+@pytest.mark.stack
 def test_loaded_model_generates(gemm_ckpt: Path) -> None:
     wrapper = load_quantized(gemm_ckpt, device=torch.device("cpu"))
     out = wrapper.generate(IDS, attention_mask=torch.ones_like(IDS), max_new_tokens=4, do_sample=False,
@@ -219,6 +225,51 @@ def test_bad_checkpoints_name_the_file_and_field(gemm_ckpt: Path, tmp_path: Path
 def test_missing_config(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="config.json is missing"):
         read_checkpoint(tmp_path)
+
+
+def _with_auto_map(ckpt: Path, folder: Path) -> tuple[Path, Path]:
+    """A copy of ``ckpt`` whose config.json maps AutoConfig to a Python file in the checkpoint
+    that leaves a marker file when it runs."""
+    copy = shutil.copytree(ckpt, folder)
+    marker = folder.parent / "checkpoint-code-ran"
+    (copy / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import LlamaConfig\n"
+        "class EvilConfig(LlamaConfig):\n    pass\n")
+    config = json.loads((copy / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy, marker
+
+
+def test_checkpoint_code_does_not_run_without_consent(gemm_ckpt: Path, tmp_path: Path) -> None:
+    copy, marker = _with_auto_map(gemm_ckpt, tmp_path / "remote")
+    wrapper = load_quantized(copy, device="cpu")
+    assert not marker.exists() and type(wrapper.model.config).__name__ == "LlamaConfig"
+
+
+def test_autoawqs_loader_is_told_not_to_run_checkpoint_code(gemm_ckpt: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """AutoAWQ's ``from_quantized`` defaults ``trust_remote_code`` to True: it is passed False
+    unless the caller says otherwise."""
+    from awq import AutoAWQForCausalLM
+
+    from awq_kernel_select import load as load_module
+
+    seen: list[dict] = []
+    monkeypatch.setattr(AutoAWQForCausalLM, "from_quantized", classmethod(lambda cls, path, **kw: seen.append(kw)))
+    info = read_checkpoint(gemm_ckpt)
+    selection = load_module._select(info, torch.device("cpu"), "auto", None)
+    load_module._load_with_autoawq(info, torch.device("cpu"), selection, {"trust_remote_code": False})
+    assert seen[-1]["trust_remote_code"] is False
+    monkeypatch.setattr(load_module, "_load_with_autoawq", lambda info, dev, sel, kwargs: seen.append(kwargs))
+    monkeypatch.setattr(load_module, "_load_with_ours", lambda info, dev, sel, layout, kwargs: seen.append(kwargs))
+    for kernel in ("auto", "torch_dequant"):
+        try:
+            load_quantized(gemm_ckpt, device="cpu", kernel=kernel)
+        except AttributeError:
+            pass  # the stubs return no wrapper
+        assert seen[-1]["trust_remote_code"] is False
 
 
 def test_devices() -> None:

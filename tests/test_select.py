@@ -182,6 +182,20 @@ def test_a_measured_crossover_moves_the_regimes(tmp_path, monkeypatch) -> None:
     assert select_kernel(workload=4, detection=other, probes=FULL_STACK).name == "aks_gemm"  # not this GPU's
 
 
+@pytest.mark.parametrize("gpus", [[], None, {"NVIDIA H100 80GB HBM3|9.0": None}])
+def test_a_malformed_measured_cache_warns_and_selection_goes_on(tmp_path, monkeypatch, gpus) -> None:
+    import json
+
+    from awq_kernel_select.detect import Detection, GpuInfo
+
+    cache = tmp_path / "m.json"
+    cache.write_text(json.dumps({"schema": 1, "gpus": gpus}))
+    monkeypatch.setenv("AWQ_KERNEL_SELECT_CACHE", str(cache))
+    h100 = Detection((GpuInfo(0, "NVIDIA H100 80GB HBM3", "cuda", "torch", CC(9, 0)),), "torch")
+    with pytest.warns(UserWarning, match=f"ignoring unreadable measured-results cache {cache}"):
+        assert select_kernel(workload=1, detection=h100, probes=FULL_STACK).name == "aks_gemv"
+
+
 def test_force_is_checked_and_names_what_it_passed_over() -> None:
     s = select_kernel((9, 0), "interactive", force="torch_dequant", probes=TODAY_STACK)
     assert s.name == "torch_dequant"

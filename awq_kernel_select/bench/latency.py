@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from ..stack import crop_cache, rewind_static_cache
 from .timing import Timing, eager_samples, time_eager, time_graph_both
 
 
@@ -72,6 +73,19 @@ def _prefilled_static_cache(model: Any, prompt: torch.Tensor) -> tuple[Any, torc
     return static, torch.tensor([prompt_len], device=device)
 
 
+def repeatable_step(forward: Callable[..., Any], static: Any, step_input: torch.Tensor, position: torch.Tensor
+                    ) -> Callable[[], Any]:
+    """One decode step of ``forward`` on the prefilled ``static`` cache at ``position`` that
+    leaves the cache as it found it: it can run, and replay in a CUDA graph, any number of times."""
+
+    def step() -> Any:
+        out = forward(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)
+        rewind_static_cache(static, step_input.shape[1])
+        return out
+
+    return step
+
+
 @torch.no_grad()
 def eager_decode_step(model: Any, *, batch: int = 1, prompt_len: int = 128) -> Callable[[], None]:
     """One eager decode step, as ``generate`` runs it: one new token per sequence on a
@@ -88,7 +102,7 @@ def eager_decode_step(model: Any, *, batch: int = 1, prompt_len: int = 128) -> C
     @torch.no_grad()
     def decode_step() -> None:
         model(input_ids=step_input, past_key_values=cache, use_cache=True)
-        cache.crop(prompt_len)
+        crop_cache(cache, prompt_len)
 
     return decode_step
 
@@ -157,10 +171,8 @@ def measure(
         try:
             static, position = _prefilled_static_cache(model, prompt)
             step_input = prompt[:, -1:]  # any token: the step's time does not depend on it
-            decode_graph, back_to_back = time_graph_both(
-                [lambda: model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)],
-                reps=max(reps, 20),
-            )
+            decode_graph, back_to_back = time_graph_both([repeatable_step(model, static, step_input, position)],
+                                                         reps=max(reps, 20))
         except Exception as exc:  # reported, never hidden
             notes.append(f"CUDA-graph decode failed: {type(exc).__name__}: {str(exc)[:200]}")
     peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
@@ -218,13 +230,11 @@ def _measure_compiled(model: Any, variant: str, *, batch: int, prompt_len: int, 
         torch.cuda.reset_peak_memory_stats(device)
     static, position = _prefilled_static_cache(model, prompt)
     step_input = prompt[:, -1:]
-    reference = model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True).logits
+    reference = repeatable_step(model, static, step_input, position)().logits
 
     torch._dynamo.reset()  # every model compiles afresh
     compiled: Any = torch.compile(model.forward, backend=backend, fullgraph=True, dynamic=False)
-
-    def step() -> Any:
-        return compiled(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)
+    step = repeatable_step(compiled, static, step_input, position)
 
     started = time.perf_counter()
     logits = step().logits

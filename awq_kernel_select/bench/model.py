@@ -16,6 +16,7 @@ from torch import nn
 
 from ..layouts import pack, quantize_rtn
 from ..modules import LAYOUT_CLASSES, AWQLinear
+from ..stack import rotary_embedding
 
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
                  num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
@@ -48,7 +49,7 @@ def random_llama(shape: dict[str, Any], layers: int, device: torch.device, seed:
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02)
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config, device=device)  # real buffers
+    model.model.rotary_emb = rotary_embedding(model, config, device)  # real buffers, not meta's
     return model.eval()
 
 
