@@ -6,6 +6,7 @@ from .probes import Target, Verdict, register_probe
 from .fuse import FuseReport, GatedMLP, fuse_projections
 from .load import load_quantized
 from .quantize import QuantizeReport, quantize
+from .runners import AutoAWQRunner, LoadRequest, OursRunner, Runner
 from .select import INTERACTIVE, SERVING, NoKernelError, Selection, Workload, select_kernel
 
 CC = ComputeCapability
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 
 __all__ = [
+    "AutoAWQRunner",
     "CC",
     "ComputeCapability",
     "DEFAULT_TABLE",
@@ -23,9 +25,12 @@ __all__ = [
     "GpuInfo",
     "INTERACTIVE",
     "KernelSpec",
+    "LoadRequest",
     "NoKernelError",
+    "OursRunner",
     "PolicyTable",
     "QuantizeReport",
+    "Runner",
     "SERVING",
     "Selection",
     "Target",

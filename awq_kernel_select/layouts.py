@@ -29,6 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
+#: the packed layouts AutoAWQ writes (its checkpoints' ``version``); this library reads gemm and gemv
+CHECKPOINT_VERSIONS = ("gemm", "gemv", "gemv_fast", "marlin")
+
 PACK = 8  # 4-bit values per int32
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a GEMM word holds column 8j + AWQ_ORDER[i]
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column 8j + c sits in nibble AWQ_REVERSE_ORDER[c]

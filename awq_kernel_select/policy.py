@@ -2,16 +2,17 @@
 
 Every AWQ kernel we know of is one :class:`KernelSpec` row: the packed layout it reads, the
 devices and compute capabilities it supports, the tokens per forward it is good for, what
-must import for it to run here, and a priority. :func:`awq_kernel_select.select_kernel`
+must import for it to run here, a priority, and the runner that loads a checkpoint onto it
+(``runners.py``). :func:`awq_kernel_select.select_kernel`
 keeps the rows that fit the hardware, the workload and this Python environment, and picks
 the highest priority; every other row is reported with the reason it lost.
 
 Add or override a row in a few lines::
 
-    from awq_kernel_select import KernelSpec, register_kernel, CC
+    from awq_kernel_select import CC, KernelSpec, OursRunner, register_kernel
     register_kernel(KernelSpec(name="my_gemv", layout="gemv", min_capability=CC(8, 0),
                                tokens=(1, 4), priority=99, requires=("my_ext",),
-                               source="my benchmarks"))
+                               runner=OursRunner(), source="my benchmarks"))
 
 Capabilities below were checked at their sources (see the comment on each row, and
 ``docs/policy.md`` for what the seed documents claimed and what the sources say).
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Literal
 
 from .detect import ComputeCapability as CC
+from .layouts import CHECKPOINT_VERSIONS
+from .runners import AutoAWQRunner, OursRunner, Runner
 
 Layout = Literal["gemm", "gemv", "gemv_fast", "marlin"]
 Device = Literal["cuda", "rocm", "cpu", "xpu"]
@@ -32,6 +35,7 @@ Provider = Literal["awq_kernel_select", "autoawq"]
 CONVERTIBLE: frozenset[tuple[Layout, Layout]] = frozenset({("gemm", "gemv"), ("gemv", "gemm")})
 
 UNBOUNDED = 1 << 30  # "any number of tokens per forward"
+VERSIONS: tuple[Layout, ...] = CHECKPOINT_VERSIONS  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class KernelSpec:
     zero_point: bool | None = None  # None: either; False: symmetric checkpoints only (Marlin)
     tested_on: tuple[CC, ...] = ()  # capabilities this library ran it on
     notes: str = ""
+    runner: Runner | None = None  # loads a checkpoint onto this kernel (runners.py); required to register
+
+    def __post_init__(self) -> None:
+        if self.layout not in VERSIONS:
+            raise ValueError(f"KernelSpec {self.name!r}: layout={self.layout!r}; known layouts: {', '.join(VERSIONS)}")
 
     def covers(self, tokens: int) -> bool:
         return self.tokens[0] <= tokens <= self.tokens[1]
@@ -82,7 +91,13 @@ class PolicyTable:
         return any(row.name == name for row in self.rows)
 
     def register(self, spec: KernelSpec, *, replace_existing: bool = True) -> None:
-        """Add ``spec``; a row of the same name is replaced (or refused)."""
+        """Add ``spec``; a row of the same name is replaced (or refused). A row must say what
+        runs it: one without a runner is refused."""
+        if spec.runner is None or not callable(spec.runner):
+            raise ValueError(
+                f"kernel row {spec.name!r} has no runner, so nothing would run when it is selected: add "
+                f"runner=OursRunner() (this library's modules), runner=AutoAWQRunner(...) (AutoAWQ's loader), or "
+                f"your own callable taking an awq_kernel_select.runners.LoadRequest (examples/custom_policy_row.py)")
         for i, row in enumerate(self.rows):
             if row.name == spec.name:
                 if not replace_existing:
@@ -149,6 +164,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     # the row's token range says which regime its layout is best for.
     KernelSpec(
         name="aks_gemv",
+        runner=OursRunner(),
         layout="gemv",
         devices=("cuda",),
         min_capability=_TRITON_MIN,
@@ -162,6 +178,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     ),
     KernelSpec(
         name="aks_gemm",
+        runner=OursRunner(),
         layout="gemm",
         devices=("cuda",),
         min_capability=_TRITON_MIN,
@@ -176,6 +193,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     # AutoAWQ 0.2.9, compiled kernels (package autoawq-kernels).
     KernelSpec(
         name="autoawq_gemv",
+        runner=AutoAWQRunner(module_class="WQLinear_GEMV"),
         layout="gemv",
         tokens=(1, 1),  # AutoAWQ README: "GEMV ... only batch size 1"; code: gemv <= 8 rows
         requires=("awq_ext",),
@@ -185,6 +203,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     ),
     KernelSpec(
         name="autoawq_gemm",
+        runner=AutoAWQRunner(module_class="WQLinear_GEMM"),
         layout="gemm",
         tokens=(1, UNBOUNDED),  # README: "much faster than FP16 at batch sizes below 8"
         requires=("awq_ext",),
@@ -194,6 +213,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     ),
     KernelSpec(
         name="autoawq_gemv_fast",
+        runner=AutoAWQRunner(),
         layout="gemv_fast",
         min_capability=CC(8, 0),  # awq_v2_ext: "only compatible with ampere" (gemv_fast.py)
         max_capability=CC(9, 0),
@@ -204,6 +224,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     ),
     KernelSpec(
         name="autoawq_marlin",
+        runner=AutoAWQRunner(),
         layout="marlin",
         min_capability=CC(8, 0),  # IST-DASLab/marlin README: Ampere or newer
         max_capability=CC(9, 0),
@@ -214,6 +235,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     ),
     KernelSpec(
         name="autoawq_exllama_v2",
+        runner=AutoAWQRunner(flags=(("use_exllama_v2", True),)),
         layout="gemm",  # GEMM checkpoints only (awq/models/base.py)
         requires=("exlv2_ext",),
         priority=50,
@@ -222,6 +244,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     ),
     KernelSpec(
         name="autoawq_exllama",
+        runner=AutoAWQRunner(flags=(("use_exllama", True),)),
         layout="gemm",
         requires=("exl_ext",),
         priority=45,
@@ -230,6 +253,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     ),
     KernelSpec(
         name="autoawq_ipex",
+        runner=AutoAWQRunner(flags=(("use_ipex", True),)),
         layout="gemm",
         devices=("cpu", "xpu"),
         requires=("ipex",),
@@ -238,6 +262,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     ),
     KernelSpec(
         name="autoawq_triton_gemm",
+        runner=AutoAWQRunner(module_class="WQLinear_GEMM"),
         layout="gemm",
         devices=("cuda", "rocm"),  # gemm.py: "covers CUDA, ROCm and XPU"
         min_capability=_TRITON_MIN,
@@ -249,6 +274,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
     # The plain torch path: dequantize, then matmul. Runs wherever torch runs.
     KernelSpec(
         name="torch_dequant",
+        runner=OursRunner(path="torch", layout="checkpoint"),
         layout="gemm",
         devices=("cuda", "rocm", "cpu", "xpu"),
         requires=("torch_cuda_arch",),  # checked on GPUs only; see select.py

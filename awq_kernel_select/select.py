@@ -7,10 +7,8 @@ from typing import Any, Collection, Mapping, Sequence
 
 from .detect import ComputeCapability, Detection, detect_compute_capability
 from .measured import MeasuredCrossover, lookup_crossover
-from .policy import CONVERTIBLE, DEFAULT_TABLE, KernelSpec, Layout, PolicyTable
+from .policy import CONVERTIBLE, DEFAULT_TABLE, VERSIONS, KernelSpec, Layout, PolicyTable
 from .probes import Probe, Target, Verdict, check
-
-VERSIONS: tuple[Layout, ...] = ("gemm", "gemv", "gemv_fast", "marlin")
 
 
 @dataclass(frozen=True)

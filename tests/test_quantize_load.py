@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -254,22 +255,63 @@ def test_autoawqs_loader_is_told_not_to_run_checkpoint_code(gemm_ckpt: Path, tmp
     unless the caller says otherwise."""
     from awq import AutoAWQForCausalLM
 
-    from awq_kernel_select import load as load_module
+    from awq_kernel_select import AutoAWQRunner, KernelSpec, register_kernel
+    from awq_kernel_select.policy import reset_default_table
 
     seen: list[dict] = []
-    monkeypatch.setattr(AutoAWQForCausalLM, "from_quantized", classmethod(lambda cls, path, **kw: seen.append(kw)))
-    info = read_checkpoint(gemm_ckpt)
-    selection = load_module._select(info, torch.device("cpu"), "auto", None)
-    load_module._load_with_autoawq(info, torch.device("cpu"), selection, {"trust_remote_code": False})
-    assert seen[-1]["trust_remote_code"] is False
-    monkeypatch.setattr(load_module, "_load_with_autoawq", lambda info, dev, sel, kwargs: seen.append(kwargs))
-    monkeypatch.setattr(load_module, "_load_with_ours", lambda info, dev, sel, layout, kwargs: seen.append(kwargs))
-    for kernel in ("auto", "torch_dequant"):
-        try:
-            load_quantized(gemm_ckpt, device="cpu", kernel=kernel)
-        except AttributeError:
-            pass  # the stubs return no wrapper
+    def from_quantized(cls: type, path: str, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return SimpleNamespace(model=torch.nn.Module())
+
+    monkeypatch.setattr(AutoAWQForCausalLM, "from_quantized", classmethod(from_quantized))
+    register_kernel(KernelSpec(name="autoawq_on_cpu", layout="gemm", devices=("cpu",), priority=999,
+                               runner=AutoAWQRunner(), source="test"))
+    try:
+        load_quantized(gemm_ckpt, device="cpu")
         assert seen[-1]["trust_remote_code"] is False
+        load_quantized(gemm_ckpt, device="cpu", trust_remote_code=True)
+        assert seen[-1]["trust_remote_code"] is True
+    finally:
+        reset_default_table()
+
+
+def test_a_row_of_ones_own_loads_a_checkpoint_through_its_runner(gemm_ckpt: Path) -> None:
+    """A user's row for a new capability, run by the plain-torch path under a new name: the
+    selection picks it and load_quantized calls its runner, knowing no row by name."""
+    from awq_kernel_select import KernelSpec, LoadRequest, OursRunner, register_kernel
+    from awq_kernel_select.policy import reset_default_table
+
+    calls: list[LoadRequest] = []
+
+    def my_runner(request: LoadRequest) -> object:
+        calls.append(request)
+        return OursRunner(path="torch")(request)
+
+    register_kernel(KernelSpec(name="my_cpu_path", layout="gemv", devices=("cpu",), priority=500,
+                               runner=my_runner, source="test"))
+    try:
+        wrapper = load_quantized(gemm_ckpt, device="cpu")
+    finally:
+        reset_default_table()
+    assert wrapper.awq_kernel_selection.name == "my_cpu_path" and calls[0].checkpoint.version == "gemm"
+    assert set(wrapper.awq_kernel_layers.values()) == {"aks_gemv:torch"}  # the row's layout, converted
+    reference = load_quantized(gemm_ckpt, device="cpu")
+    assert torch.equal(logits(wrapper, IDS), logits(reference, IDS))
+
+
+def test_load_knows_no_kernel_by_name() -> None:
+    """No comparison with, and no table keyed by, a row's name: the row's runner decides."""
+    import ast
+    import inspect
+
+    from awq_kernel_select import DEFAULT_TABLE
+    from awq_kernel_select import load as load_module
+
+    names = {row.name for row in DEFAULT_TABLE}
+    for node in ast.walk(ast.parse(inspect.getsource(load_module))):
+        if isinstance(node, (ast.Compare, ast.Dict, ast.Set, ast.Tuple, ast.List)):
+            literals = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+            assert not literals & names, ast.unparse(node)
 
 
 def test_devices() -> None:
@@ -311,7 +353,7 @@ def test_stock_autoawq_corrupts_weights_on_cpu_and_ours_does_not() -> None:
 
 def test_autoawq_kernel_on_a_converted_checkpoint(gemv_ckpt: Path, gemm_ckpt: Path) -> None:
     """A row of AutoAWQ's that reads the other layout gets converted buffers in AutoAWQ's class."""
-    from awq_kernel_select.load import hand_to_autoawq
+    from awq_kernel_select.runners import hand_to_autoawq
 
     wrapper = load_quantized(gemv_ckpt, device="cpu", layout="gemm")
     hand_to_autoawq(wrapper.model, "WQLinear_GEMM")
@@ -320,3 +362,15 @@ def test_autoawq_kernel_on_a_converted_checkpoint(gemv_ckpt: Path, gemm_ckpt: Pa
     ours = {k: v for k, v in load_quantized(gemm_ckpt, device="cpu").model.state_dict().items()
             if k.endswith(("qweight", "qzeros", "scales"))}
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
+
+
+def test_the_custom_row_example_loads_a_checkpoint_onto_its_row(gemm_ckpt: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "examples" / "custom_policy_row.py"), str(gemm_ckpt)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"loading {gemm_ckpt} (gemm) for my_next_gen" in done.stdout and "aks_gemm:torch" in done.stdout

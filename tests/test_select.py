@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from awq_kernel_select import CC, KernelSpec, PolicyTable, Verdict, register_kernel, select_kernel
+from awq_kernel_select import CC, KernelSpec, OursRunner, PolicyTable, Verdict, register_kernel, select_kernel
 from awq_kernel_select.policy import DEFAULT_TABLE, reset_default_table
 from awq_kernel_select.probes import Probe, Target, import_probe, torch_has_code_for
 from awq_kernel_select.select import NoKernelError, Workload
@@ -138,7 +138,7 @@ def test_rocm_and_cpu() -> None:
 def test_a_user_registered_rule_wins() -> None:
     register_kernel(
         KernelSpec(name="my_gemv", layout="gemv", min_capability=CC(8, 0), tokens=(1, 4),
-                   priority=500, requires=("my_ext",), source="my benchmarks")
+                   priority=500, requires=("my_ext",), runner=OursRunner(), source="my benchmarks")
     )
     probes = {**FULL_STACK, "my_ext": OK}
     assert select_kernel((8, 9), "interactive", probes=probes).name == "my_gemv"
@@ -147,9 +147,25 @@ def test_a_user_registered_rule_wins() -> None:
     assert "my_gemv" not in DEFAULT_TABLE
 
 
+def test_a_row_without_a_runner_is_refused_with_what_to_add() -> None:
+    row = KernelSpec(name="no_runner", layout="gemv", priority=500, source="test")
+    with pytest.raises(ValueError, match=r"'no_runner' has no runner.*runner=OursRunner\(\).*LoadRequest"):
+        register_kernel(row)
+    with pytest.raises(ValueError, match="has no runner"):
+        DEFAULT_TABLE.copy().register(row)
+    assert "no_runner" not in DEFAULT_TABLE
+    with pytest.raises(ValueError, match="layout='gemx'; known layouts"):
+        KernelSpec(name="typo", layout="gemx", source="test")  # type: ignore[arg-type]
+
+
+def test_every_shipped_row_says_what_runs_it() -> None:
+    assert all(callable(row.runner) for row in DEFAULT_TABLE)
+
+
 def test_an_extension_that_fails_to_import_is_rejected_with_its_message() -> None:
     table = DEFAULT_TABLE.copy()
-    table.register(KernelSpec(name="broken", layout="gemm", priority=999, requires=("broken_ext",), source="test"))
+    table.register(KernelSpec(name="broken", layout="gemm", priority=999, requires=("broken_ext",), source="test",
+                              runner=OursRunner()))
     probes = {**FULL_STACK, "broken_ext": import_probe("json.this_module_does_not_exist", "the broken extension")}
     s = select_kernel((9, 0), "serving", table=table, probes=probes)
     assert s.name == "aks_gemm"
