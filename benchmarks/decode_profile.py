@@ -13,7 +13,7 @@ For the embedded 7B-shaped model (``awq-kernel-select bench``'s), fp16 and the f
 
 Needs a CUDA GPU::
 
-    python benchmarks/decode_profile.py --out DIR        # ~3 min on an H100 (two compilations)
+    python -m benchmarks.decode_profile --out DIR        # ~3 min on an H100 (two compilations)
 """
 
 from __future__ import annotations
@@ -33,14 +33,11 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pdl_model import capture  # noqa: E402
 
-from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt, eager_decode_step  # noqa: E402
+from awq_kernel_select.bench.latency import eager_decode_step, prefilled_static_cache, random_prompt, repeatable_step  # noqa: E402
 from awq_kernel_select.bench.model import embedded_models, packed_bytes_per_token  # noqa: E402
-from awq_kernel_select.bench.timing import copy_bandwidth  # noqa: E402
+from awq_kernel_select.bench.timing import capture_graph, copy_bandwidth  # noqa: E402
 from awq_kernel_select.fuse import fuse_projections  # noqa: E402
 from awq_kernel_select.modules import set_layout  # noqa: E402
 
@@ -55,7 +52,7 @@ def group_of(name: str) -> str:
 
 def graph_kernels(step: Callable[[], Any], replays: int) -> list[list[dict[str, Any]]]:
     """The kernels of each of ``replays`` CUDA-graph replays of ``step``: name, grid, start, duration (us)."""
-    graph, _ = capture(step)
+    graph, _ = capture_graph([step])
     for _ in range(5):
         graph.replay()
     torch.cuda.synchronize()
@@ -119,11 +116,11 @@ def summarize(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
 
 @torch.no_grad()
 def compiled_step(model: Any, prompt: torch.Tensor) -> Callable[[], Any]:
-    static, position = _prefilled_static_cache(model, prompt)
+    static, position = prefilled_static_cache(model, prompt)
     torch._dynamo.reset()
     compiled: Any = torch.compile(model.forward, fullgraph=True, dynamic=False)
     step_input = prompt[:, -1:]
-    return lambda: compiled(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)
+    return repeatable_step(compiled, static, step_input, position)
 
 
 @torch.no_grad()
@@ -181,7 +178,7 @@ def main() -> None:
     if args.unfused:
         models["aks_gemv"] = set_layout(copy.deepcopy(built.quantized), "gemv")
     del built
-    prompt = _prompt(fused, 1, 128, device)
+    prompt = random_prompt(fused, 1, 128, device)
     bandwidth = copy_bandwidth()
     result: dict[str, Any] = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), layers=args.layers,

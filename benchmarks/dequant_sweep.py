@@ -1,6 +1,6 @@
 """Large-M path: dequantize + cuBLAS, whole layer vs column chunks kept in L2, and tile sizes.
 
-    python benchmarks/dequant_sweep.py --out DIR      # on a GPU, ~2 minutes
+    python -m benchmarks.dequant_sweep --out DIR      # on a GPU, ~2 minutes
 
 Same method as ``kernels.py`` (CUDA-graph replays over weight copies that do not fit in L2).
 """
@@ -15,10 +15,8 @@ from unittest import mock
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels import GROUP, SHAPES_7B, SHAPES_70B, make_layer, packed_bytes  # noqa: E402
+from benchmarks.kernels import GROUP, SHAPES_7B, SHAPES_70B, make_layer, packed_bytes  # noqa: E402
 
 from awq_kernel_select import layouts as L  # noqa: E402
 from awq_kernel_select.bench.timing import copies_to_evict_l2, time_graph  # noqa: E402

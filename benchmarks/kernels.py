@@ -2,8 +2,8 @@
 
 Run on a GPU::
 
-    python benchmarks/kernels.py --out docs/kernels            # the full table (a few minutes)
-    python benchmarks/kernels.py --sweep --out /tmp/sweep      # tile-configuration sweep
+    python -m benchmarks.kernels --out docs/kernels            # the full table (a few minutes)
+    python -m benchmarks.kernels --sweep --out /tmp/sweep      # tile-configuration sweep
 
 Method: every layer is quantized to 4 bits with group size 128 from random normal weights (not
 zeros); each contender runs the same integers, scales and zeros. Each time is the median over
@@ -28,10 +28,8 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import peers  # noqa: E402
+from benchmarks import peers  # noqa: E402
 
 from awq_kernel_select import layouts as L  # noqa: E402
 from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph  # noqa: E402

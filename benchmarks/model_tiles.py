@@ -12,7 +12,7 @@ the next shapes, and at the end the adopted tiles and the shipped ones are timed
 and uncompiled, with the logits checked against the shipped tiles'. Writes ``model-tiles.json``
 with the adopted entries in the tuned table's format. Needs a CUDA GPU::
 
-    python benchmarks/model_tiles.py --out DIR        # ~5 min on an H100
+    python -m benchmarks.model_tiles --out DIR        # ~5 min on an H100
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from awq_kernel_select.bench.latency import _prefilled_static_cache, _prompt  # noqa: E402
+from awq_kernel_select.bench.latency import prefilled_static_cache, random_prompt, repeatable_step  # noqa: E402
 from awq_kernel_select.bench.model import embedded_models  # noqa: E402
 from awq_kernel_select.bench.timing import time_graph  # noqa: E402
 from awq_kernel_select.fuse import fuse_projections  # noqa: E402
@@ -84,21 +83,23 @@ def main() -> None:
     model = set_layout(copy.deepcopy(built.quantized), "gemv")
     del built
     fuse_projections(model)
-    prompt = _prompt(model, 1, 128, device)
+    prompt = random_prompt(model, 1, 128, device)
     shipped = {shape: dispatch.plan(device, "gemv", 1, shape[1], shape[0], GROUP, "auto", dispatch.DEFAULT_DISPATCH)[1]
                for shape in SHAPES}
 
     with torch.no_grad():
-        static, position = _prefilled_static_cache(model, prompt)
+        static, position = prefilled_static_cache(model, prompt)
         step_input = prompt[:, -1:]
         compiled: Any = torch.compile(model.forward, fullgraph=True, dynamic=False)
 
+        eager_once = repeatable_step(model, static, step_input, position)
+        compiled_once = repeatable_step(compiled, static, step_input, position)
+
         def eager_step() -> Any:
-            return model(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True).logits
+            return eager_once().logits
 
         def compiled_step() -> Any:
-            return compiled(input_ids=step_input, past_key_values=static, cache_position=position,
-                            use_cache=True).logits
+            return compiled_once().logits
 
         started = time.perf_counter()
         use_tiles(shipped, scratch, model)

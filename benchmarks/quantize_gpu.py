@@ -2,7 +2,7 @@
 versions with this library and with AutoAWQ itself, load each with every kernel that can run,
 generate 32 tokens, and report quantization time per layer and time per generated token.
 
-    python benchmarks/quantize_gpu.py --layers 2 --out /tmp/q
+    python -m benchmarks.quantize_gpu --layers 2 --out /tmp/q
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-import tiny  # noqa: E402
+from awq_kernel_select.bench.model import embedded_tokenizer  # noqa: E402
 
 from awq_kernel_select.bench.model import LLAMA2_7B, random_llama  # noqa: E402
 from awq_kernel_select.calibration import prepare_calibration  # noqa: E402
@@ -54,7 +53,7 @@ def main() -> None:
     src = out / "fp16"
     model = random_llama(LLAMA2_7B, args.layers, torch.device("cuda")).cpu()
     model.save_pretrained(src)
-    tokenizer = tiny.make_tokenizer(4000)
+    tokenizer = embedded_tokenizer(4000)
     tokenizer.save_pretrained(src)
     del model
     results: dict = {"layers": args.layers, "samples": args.samples, "seq_len": args.seq_len,

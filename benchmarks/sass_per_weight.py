@@ -6,8 +6,8 @@ one thread handles per iteration. At M = 1 the kernels have to stream about 23 w
 per SM to reach the H100's bandwidth, and an SM issues 128 thread-instructions per clock, so
 this count bounds the bandwidth a kernel can reach::
 
-    python benchmarks/sass_per_weight.py                      # both layouts, a few tiles
-    python benchmarks/sass_per_weight.py --no-ptx             # the same arithmetic in plain Triton
+    python -m benchmarks.sass_per_weight                      # both layouts, a few tiles
+    python -m benchmarks.sass_per_weight --no-ptx             # the same arithmetic in plain Triton
 
 Counts come from the local Triton (the GPU machine may run another version).
 """
@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -77,7 +76,7 @@ TILES = [
     ("gemv", matmul.MatmulConfig(1, 128, 128, 8, 4, 3)),
     ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3)),
     ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3, prefetch=True)),
-    # session 9's shipped M = 1 tiles (fp16 x: words and x in fp16x2, two words per step)
+    # the shipped M = 1 tiles (fp16 x: words and x in fp16x2, two words per step)
     ("gemv", matmul.MatmulConfig(1, 64, 128, 8, 4, 3, prefetch=True, interleave_k=True)),
     ("gemv", matmul.MatmulConfig(1, 128, 128, 8, 8, 3, interleave_k=True)),
     ("gemv", matmul.MatmulConfig(2, 256, 128, 8, 4, 3)),  # two tokens: per weight, not per weight and token

@@ -6,13 +6,13 @@ static cache, so each layer calls ``scaled_dot_product_attention`` with one quer
 backends that take the call, 32 layers' worth of calls captured in one CUDA graph, median of
 replays, each checked against the math backend in float64::
 
-    python benchmarks/sdpa_decode.py --out DIR     # ~20 s on an H100
+    python -m benchmarks.sdpa_decode --out DIR     # ~20 s on an H100
 
-Session 11 added this library's split-KV decode kernel (``kernels/attention.py``, ``aks``: its
+It times this library's split-KV decode kernel too (``kernels/attention.py``, ``aks``: its
 default config) and, with ``--aks-sweep``, its configs (keys per loop step, programs in all,
 warps), timed the same way::
 
-    python benchmarks/sdpa_decode.py --aks-sweep --out DIR
+    python -m benchmarks.sdpa_decode --aks-sweep --out DIR
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from awq_kernel_select.kernels.attention import DEFAULT_CONFIG, DecodeAttentionConfig, decode_attention  # noqa: E402
 

@@ -440,7 +440,7 @@ def test_a_gpu_without_a_table_uses_a_same_chip_gpus_and_says_so(tmp_path, monke
 
 
 def test_the_shipped_h100_table_serves_the_h200() -> None:
-    """Measured on an H200 (docs/data/kernels-h200-s12-m1-*.json): the H100's M = 1 tiles ran
+    """Measured on an H200 (docs/data/kernels-h200-m1.json, docs/kernels.md): the H100's M = 1 tiles ran
     1.89-2.75x fp16 there against the heuristic's 1.86-2.45x. The 114-SM H100 PCIe gets none."""
     from awq_kernel_select.kernels import dispatch
 

@@ -6,20 +6,7 @@ from pathlib import Path
 
 import torch
 
-
-def make_tokenizer(vocab_size: int = 320):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from awq_kernel_select.calibration import load_preset
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(load_preset("prose")[:20] + load_preset("code")[:20], trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+from awq_kernel_select.bench.model import embedded_tokenizer as make_tokenizer
 
 
 def make_llama(layers: int = 2, hidden: int = 64, intermediate: int = 128, vocab: int = 320, seed: int = 0):

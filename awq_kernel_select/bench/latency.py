@@ -53,13 +53,13 @@ def _cpu_timing(fn: Callable[[], Any], reps: int, warmup: int = 1) -> Timing:
     return Timing.from_samples(_cpu_samples(fn, reps, warmup))
 
 
-def _prompt(model: Any, batch: int, prompt_len: int, device: torch.device) -> torch.Tensor:
+def random_prompt(model: Any, batch: int, prompt_len: int, device: torch.device) -> torch.Tensor:
     """The same random prompt for every variant (seeded on the CPU)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     return torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=gen).to(device)
 
 
-def _prefilled_static_cache(model: Any, prompt: torch.Tensor) -> tuple[Any, torch.Tensor]:
+def prefilled_static_cache(model: Any, prompt: torch.Tensor) -> tuple[Any, torch.Tensor]:
     """A static KV cache holding ``prompt`` (prefilled uncompiled) and the next token's position."""
     import transformers
 
@@ -96,7 +96,7 @@ def eager_decode_step(model: Any, *, batch: int = 1, prompt_len: int = 128) -> C
     dynamic_cache: Any = transformers.DynamicCache  # transformers' classes carry no type hints
     device = next(model.parameters()).device
     cache = dynamic_cache()
-    out = model(input_ids=_prompt(model, batch, prompt_len, device), past_key_values=cache, use_cache=True)
+    out = model(input_ids=random_prompt(model, batch, prompt_len, device), past_key_values=cache, use_cache=True)
     step_input = out.logits[:, -1].argmax(-1)[:, None]
 
     @torch.no_grad()
@@ -142,7 +142,7 @@ def measure(
 
     device = next(model.parameters()).device
     on_gpu = device.type == "cuda"
-    prompt = _prompt(model, batch, prompt_len, device)
+    prompt = random_prompt(model, batch, prompt_len, device)
     notes: list[str] = []
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
@@ -169,7 +169,7 @@ def measure(
     decode_graph = back_to_back = None
     if graph and on_gpu:
         try:
-            static, position = _prefilled_static_cache(model, prompt)
+            static, position = prefilled_static_cache(model, prompt)
             step_input = prompt[:, -1:]  # any token: the step's time does not depend on it
             decode_graph, back_to_back = time_graph_both([repeatable_step(model, static, step_input, position)],
                                                          reps=max(reps, 20))
@@ -225,10 +225,10 @@ def _measure_compiled(model: Any, variant: str, *, batch: int, prompt_len: int, 
                       backend: str) -> LatencyResult:
     device = next(model.parameters()).device
     on_gpu = device.type == "cuda"
-    prompt = _prompt(model, batch, prompt_len, device)
+    prompt = random_prompt(model, batch, prompt_len, device)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    static, position = _prefilled_static_cache(model, prompt)
+    static, position = prefilled_static_cache(model, prompt)
     step_input = prompt[:, -1:]
     reference = repeatable_step(model, static, step_input, position)().logits
 

@@ -53,6 +53,23 @@ def random_llama(shape: dict[str, Any], layers: int, device: torch.device, seed:
     return model.eval()
 
 
+def embedded_tokenizer(vocab_size: int = 320) -> Any:
+    """A byte-level BPE tokenizer trained in process on the shipped calibration text (no downloads)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from ..calibration import load_preset
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(load_preset("prose")[:20] + load_preset("code")[:20], trainer=trainer)
+    fast: Any = PreTrainedTokenizerFast
+    return fast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
 def quantize_linears_rtn(model: nn.Module, group_size: int = 128, layout: str = "gemm") -> nn.Module:
     """Replace every decoder-layer linear by a packed 4-bit module (lm_head stays fp16, as in AWQ)."""
     for layer in model.model.layers:  # type: ignore[union-attr]

@@ -41,7 +41,7 @@ class BenchConfig:
     pdl: bool = True  # also compile fp16 and the fused model with inductor's PDL (sm90+; ours follows)
     # inductor's combo kernels for every compiled variant on a GPU: independent small kernels (the
     # rotary embeddings of q and k, the cache writes) launched as one (H100, 7B-shaped step:
-    # -1.7% fused 4-bit, -0.4% fp16; docs/benchmarks.md, session 9)
+    # -1.7% fused 4-bit, -0.4% fp16, measured 2026-11-25)
     combo_kernels: bool = True
     # also compile fp16 and the fused model with PDL and the decode step's attention on this
     # library's split-KV kernel instead of SDPA (use_decode_attention; labels end in "+attn")

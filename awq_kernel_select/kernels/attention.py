@@ -117,11 +117,10 @@ class DecodeAttentionConfig:
     """How one launch splits the keys: ``block_n`` keys per loop step, about ``programs`` programs
     in all (at least one step of keys each), ``num_warps`` per program.
 
-    The default was chosen on an H100 in session 11 (``benchmarks/sdpa_decode.py --aks-sweep``,
-    32 heads of 128, 32 layers' calls in one CUDA graph; that sweep's data did not survive the
-    session): 32 keys per step and 4 warps at 144 keys, 64 keys per step over 4 programs per SM
-    at 1040 keys (one step of 64 beat two of 32). On an H200 (session 12,
-    ``docs/data/sdpa-decode-h200-s12.json``) it runs 6.50 us per call at 144 keys (cuDNN 6.68)
+    The default was chosen on an H100 (``python -m benchmarks.sdpa_decode --aks-sweep``, 32 heads
+    of 128, 32 layers' calls in one CUDA graph; that sweep's data was not kept): 32 keys per step
+    and 4 warps at 144 keys, 64 keys per step over 4 programs per SM at 1040 keys (one step of 64
+    beat two of 32). On an H200 (2026-12-04, ``docs/data/sdpa-decode-h200.json``) it runs 6.50 us per call at 144 keys (cuDNN 6.68)
     and 11.96 us at 1040 (cuDNN 13.70). ``block_n=None`` takes 64 where a split gets more than
     32 keys, else 32."""
 

@@ -97,8 +97,8 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
     16-row ``tl.dot`` ``out^T = W @ x^T`` on words decoded in fp16x2 pairs, loading the next tile
     early: best on 64 output columns x 128 K on 4 warps (GEMM layout) or 128 x 128 on 8 warps
     (GEMV layout), with 4 (GEMM) or 2 (GEMV) programs per SM. At M = 1 the GEMV layout's fp16x2
-    kernel (session 9) is best on 64 rows x 128 columns on 4 warps, loading the next tile early,
-    with about 8 programs per SM (its 256-row tiles of sessions 3-8 ran up to 45% slower); at
+    kernel is best on 64 rows x 128 columns on 4 warps, loading the next tile early, with about 8
+    programs per SM (256-row tiles ran up to 45% slower: docs/kernels.md, H100); at
     M = 2 256 rows on 4 warps (both tokens in one program). (The M = 1 tiles with
     ``interleave_k``, a few percent faster on the H100, are in its tuned table only: this
     heuristic is for GPUs nobody has timed.)

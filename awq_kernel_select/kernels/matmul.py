@@ -130,7 +130,7 @@ def _wait_for_previous_kernel(PDL: tl.constexpr):
     The next kernel is let go only after the wait, never before: a kernel that does not read
     this one's output may skip its own wait (inductor's PDL code does: it waits only for
     buffers the kernel just before it wrote), and is then safe only if everything before this
-    kernel has finished when it starts. (Sessions 5-7 let it go at this kernel's start.)"""
+    kernel has finished when it starts."""
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
@@ -619,7 +619,7 @@ Replay = Callable[[torch.Tensor], torch.Tensor]
 #: waiting for it. It pays only where the kernels around ours take part too: on the H100 it
 #: took 1-7% off back-to-back M = 1 calls of one layer shape, 1.8% *onto* a compiled decode
 #: step whose inductor kernels do not use PDL, and 4% off one whose kernels do
-#: (docs/benchmarks.md, session 8). So it is on for every launch with
+#: (H100, 2026-11-25). So it is on for every launch with
 #: ``AWQ_KERNEL_SELECT_PDL=1`` (benchmarks flip this flag), and under ``torch.compile`` it
 #: follows inductor's own setting (``TORCHINDUCTOR_ENABLE_PDL=1``: ``kernels/op.py``).
 USE_PDL = os.environ.get("AWQ_KERNEL_SELECT_PDL", "0") == "1"
