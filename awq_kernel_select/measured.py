@@ -52,6 +52,7 @@ class MeasuredCrossover:
 
 
 def cache_path() -> Path:
+    """The cache file, read from the environment at each call (``AWQ_KERNEL_SELECT_CACHE``)."""
     custom = os.environ.get("AWQ_KERNEL_SELECT_CACHE")
     if custom:
         return Path(custom)
@@ -62,27 +63,57 @@ def _key(name: str, capability: tuple[int, int]) -> str:
     return f"{name}|{capability[0]}.{capability[1]}"
 
 
-def load_all(path: Path | None = None) -> dict[str, MeasuredCrossover]:
-    """Every valid entry of the cache; an unreadable file warns and counts as empty."""
-    path = cache_path() if path is None else path
+#: the most tokens per forward a crossover may name (the bench sweeps batch sizes up to 64)
+MAX_CROSSOVER = 1 << 16
+
+
+def _entry(key: str, raw: Any) -> MeasuredCrossover:
+    """One entry, checked: its fields parse, the crossover is a whole number of tokens in range, and
+    its content names the GPU its key names (an entry copied under another GPU's key is not used)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"entry {key!r} is a {type(raw).__name__}, not an object")
+    tokens = raw.get("crossover_tokens")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_CROSSOVER:
+        raise ValueError(f"entry {key!r}: crossover_tokens={tokens!r} is not a whole number from 1 to {MAX_CROSSOVER}")
+    entry = MeasuredCrossover.from_dict(raw)
+    if _key(entry.gpu_name, entry.capability) != key:
+        raise ValueError(f"entry {key!r} describes {_key(entry.gpu_name, entry.capability)!r}")
+    return entry
+
+
+def _read(path: Path) -> tuple[dict[str, MeasuredCrossover], list[str]]:
+    """Every valid entry of the file, and what was wrong with the rest (or with the whole file)."""
     if not path.exists():
-        return {}
+        return {}, []
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            warnings.warn(
-                f"ignoring measured-results cache {path}: schema {data.get('schema') if isinstance(data, dict) else '?'}"
-                f" is not {SCHEMA}; re-run `awq-kernel-select bench` to measure again",
-                stacklevel=2,
-            )
-            return {}
-        gpus = data.get("gpus")
-        if not isinstance(gpus, dict):
-            raise ValueError(f"'gpus' is {type(gpus).__name__}, not an object of entries by GPU")
-        return {key: MeasuredCrossover.from_dict(entry) for key, entry in gpus.items()}
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        warnings.warn(f"ignoring unreadable measured-results cache {path}: {exc}", stacklevel=2)
-        return {}
+    except (OSError, ValueError) as exc:
+        return {}, [f"unreadable: {exc}"]
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        return {}, [f"schema {found} is not {SCHEMA}"]
+    gpus = data.get("gpus")
+    if not isinstance(gpus, dict):
+        return {}, [f"'gpus' is {type(gpus).__name__}, not an object of entries by GPU"]
+    entries: dict[str, MeasuredCrossover] = {}
+    problems: list[str] = []
+    for key, raw in gpus.items():
+        try:
+            entries[key] = _entry(key, raw)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            problems.append(str(exc))
+    return entries, problems
+
+
+def load_all(path: Path | None = None) -> dict[str, MeasuredCrossover]:
+    """Every valid entry of the cache. An unreadable file, one of another schema, or a bad entry
+    warns (naming the file and what is wrong) and is left out: never fatal, never used."""
+    path = cache_path() if path is None else path
+    entries, problems = _read(path)
+    if problems:
+        warnings.warn(f"ignoring unreadable measured-results cache {path}: {'; '.join(problems)}; re-run "
+                      "`awq-kernel-select bench` to measure again", stacklevel=2)
+    return entries
 
 
 def lookup_crossover(target: Target, path: Path | None = None) -> MeasuredCrossover | None:
@@ -92,14 +123,28 @@ def lookup_crossover(target: Target, path: Path | None = None) -> MeasuredCrosso
 
 
 def save_crossover(entry: MeasuredCrossover, path: Path | None = None) -> Path:
-    """Add or replace this GPU's entry; the file is replaced atomically."""
+    """Add or replace this GPU's entry, keeping every other valid one. Writers take a file lock
+    beside the cache, read, merge and replace the file atomically, so concurrent saves all land;
+    a symlinked cache is written through to its target; a failed write leaves no temporary file."""
+    from filelock import FileLock
+
+    _entry(_key(entry.gpu_name, entry.capability), entry.to_dict())  # refuse an entry we would not read
     path = cache_path() if path is None else path
-    entries = load_all(path)
-    entries[_key(entry.gpu_name, entry.capability)] = entry
-    document = {"schema": SCHEMA, "gpus": {k: v.to_dict() for k, v in entries.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".measured-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(document, handle, indent=2)
-    os.replace(tmp, path)
+    target = path.resolve()  # write through a symlink, never replace it
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        entries, problems = _read(target)
+        if problems:
+            warnings.warn(f"measured-results cache {target}: dropping what cannot be read ({'; '.join(problems)}); "
+                          f"keeping {len(entries)} valid entries", stacklevel=2)
+        entries[_key(entry.gpu_name, entry.capability)] = entry
+        document = {"schema": SCHEMA, "gpus": {k: v.to_dict() for k, v in entries.items()}}
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".measured-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(document, handle, indent=2)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path

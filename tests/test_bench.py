@@ -138,3 +138,70 @@ def test_combo_kernels_are_on_for_compiled_variants_and_put_back(monkeypatch: py
         with pytest.raises(Stop):
             main(argv)
     assert [c.combo_kernels for c in configs] == [True, False]
+
+
+def _save_one(args: tuple[str, int]) -> None:
+    path, i = args
+    save_crossover(MeasuredCrossover(f"GPU {i}", (9, 0), i + 1), Path(path))
+
+
+def test_concurrent_writers_all_land(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "m.json"
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        pool.map(_save_one, [(str(path), i) for i in range(8)])
+    assert sorted(e.crossover_tokens for e in load_all(path).values()) == list(range(1, 9))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".measured-")]
+
+
+def test_a_bad_entry_is_dropped_alone(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    good = MeasuredCrossover("NVIDIA H100 80GB HBM3", (9, 0), 16)
+    path.write_text(json.dumps({"schema": SCHEMA, "gpus": {
+        "NVIDIA H100 80GB HBM3|9.0": good.to_dict(),
+        "broken|8.0": {"gpu_name": "broken"},
+        "NVIDIA A100|8.0": {**good.to_dict(), "crossover_tokens": -5},  # out of range, and names another GPU
+        "NVIDIA L4|8.9": {**good.to_dict(), "gpu_name": "NVIDIA L4", "capability": [8, 9], "crossover_tokens": 2.7},
+    }}))
+    with pytest.warns(UserWarning, match="broken"):
+        assert list(load_all(path)) == ["NVIDIA H100 80GB HBM3|9.0"]
+    with pytest.warns(UserWarning, match="keeping 1 valid entries"):
+        save_crossover(MeasuredCrossover("NVIDIA A100", (8, 0), 8), path)
+    assert sorted(load_all(path)) == ["NVIDIA A100|8.0", "NVIDIA H100 80GB HBM3|9.0"]
+
+
+@pytest.mark.parametrize("tokens", [-5, 0, 10**9])
+def test_out_of_range_crossovers_are_refused_on_save(tmp_path: Path, tokens: int) -> None:
+    with pytest.raises(ValueError, match="crossover_tokens"):
+        save_crossover(MeasuredCrossover("NVIDIA H100 80GB HBM3", (9, 0), tokens), tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_an_entry_under_another_gpus_key_is_not_used(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    other = MeasuredCrossover("NVIDIA A100", (8, 0), 4)
+    path.write_text(json.dumps({"schema": SCHEMA, "gpus": {"NVIDIA H100 80GB HBM3|9.0": other.to_dict()}}))
+    with pytest.warns(UserWarning, match="describes"):
+        assert lookup_crossover(H100, path) is None
+
+
+def test_a_symlinked_cache_is_written_through(tmp_path: Path) -> None:
+    real = tmp_path / "shared" / "measured.json"
+    real.parent.mkdir()
+    link = tmp_path / "m.json"
+    link.symlink_to(real)
+    save_crossover(MeasuredCrossover("NVIDIA H100 80GB HBM3", (9, 0), 2), link)
+    assert link.is_symlink() and len(load_all(real)) == 1
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import awq_kernel_select.measured as measured
+
+    def broken_dump(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(measured.json, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        save_crossover(MeasuredCrossover("NVIDIA H100 80GB HBM3", (9, 0), 2), tmp_path / "m.json")
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
