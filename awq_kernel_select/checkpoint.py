@@ -71,12 +71,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     group = quant.get("group_size", quant.get("q_group_size"))
     if not isinstance(group, int) or (group != -1 and group <= 0):
         raise CheckpointError(f"{where}.group_size is {group!r}: expected a positive integer or -1")
+    zero_point = quant.get("zero_point", True)
+    if not isinstance(zero_point, bool):
+        raise CheckpointError(f"{where}.zero_point is {zero_point!r}: write true or false (JSON booleans, no quotes)")
     files = tuple(sorted(root.glob("*.safetensors"))) or tuple(sorted(root.glob("pytorch_model*.bin")))
     if not files:
         raise CheckpointError(f"{root} has no weights: expected model.safetensors (or shards) or pytorch_model.bin")
     return CheckpointInfo(
         path=root, version=version, bits=4, group_size=group,
-        zero_point=bool(quant.get("zero_point", True)),
+        zero_point=zero_point,
         modules_to_not_convert=tuple(quant.get("modules_to_not_convert") or ()),
         model_type=str(config.get("model_type", "")), weight_files=files, config_overrides=overrides,
     )

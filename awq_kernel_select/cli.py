@@ -48,15 +48,20 @@ def _workload(args: argparse.Namespace) -> Workload:
 WHAT_IF_ASSUMPTIONS = ("triton_gpu", "torch_cuda_arch")
 
 
+def parse_capability(text: str) -> tuple[int, int]:
+    """``--capability MAJOR.MINOR`` (e.g. 8.6, 9.0, 12.0), checked."""
+    major, dot, minor = text.strip().partition(".")
+    if not major.isdigit() or (dot and not minor.isdigit()) or int(major) < 1:
+        raise ValueError(f"--capability {text!r}: expected a compute capability MAJOR.MINOR such as 8.6, 9.0 or 12.0")
+    return int(major), int(minor or 0)
+
+
 def _cmd_select(args: argparse.Namespace) -> int:
-    capability = None
-    if args.capability:
-        major, _, minor = args.capability.partition(".")
-        capability = (int(major), int(minor or 0))
+    capability = parse_capability(args.capability) if args.capability is not None else None
     detection = None if capability else detect_compute_capability(args.device)
-    # A what-if about a GPU that is not here: probes that need the GPU itself are assumed met,
+    # A what-if about a GPU (no detection runs): probes that need the GPU itself are assumed met,
     # imports (AutoAWQ's extensions, Triton) are still checked on this machine.
-    assume = WHAT_IF_ASSUMPTIONS if capability and not detect_compute_capability() else ()
+    assume = WHAT_IF_ASSUMPTIONS if capability else ()
     selection = select_kernel(
         capability,
         _workload(args),

@@ -125,24 +125,46 @@ def hand_to_autoawq(model: torch.nn.Module, class_name: str) -> None:
             set_op_by_name(model, name, theirs)
 
 
-def _check_shapes(info: CheckpointInfo, model: torch.nn.Module) -> None:
-    """Compare every packed buffer in the safetensors files with what the model expects."""
+#: the dtypes AutoAWQ writes for each packed buffer
+PACKED_DTYPES = {"qweight": ("I32",), "qzeros": ("I32",), "scales": ("F16", "BF16")}
+
+
+def _check_tensors(info: CheckpointInfo, model: torch.nn.Module) -> None:
+    """Every packed buffer the model expects is in the safetensors files, with its shape and
+    dtype; a file that cannot be read is named. (.bin files are checked by torch's own loading.)"""
     from safetensors import safe_open
 
     wanted = {name: tuple(t.shape) for name, t in model.state_dict().items()
-              if name.rsplit(".", 1)[-1] in ("qweight", "qzeros", "scales")}
+              if name.rsplit(".", 1)[-1] in PACKED_DTYPES}
+    if any(file.suffix != ".safetensors" for file in info.weight_files):
+        return
+    found: set[str] = set()
     for file in info.weight_files:
-        if file.suffix != ".safetensors":
-            return  # .bin files are checked by torch's own loading
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                if key in wanted:
-                    shape = tuple(handle.get_slice(key).get_shape())
+        try:
+            handle_cm = safe_open(str(file), framework="pt")
+            with handle_cm as handle:
+                for key in handle.keys():
+                    if key not in wanted:
+                        continue
+                    found.add(key)
+                    piece = handle.get_slice(key)
+                    shape, dtype = tuple(piece.get_shape()), str(piece.get_dtype())
                     if shape != wanted[key]:
-                        raise CheckpointError(
-                            f"{file.name}: {key} has shape {shape}, but a {info.version} layer with "
-                            f"group_size={info.group_size} needs {wanted[key]}"
-                        )
+                        raise CheckpointError(f"{file}: {key} has shape {shape}, but a {info.version} layer with "
+                                              f"group_size={info.group_size} needs {wanted[key]}")
+                    if dtype not in PACKED_DTYPES[key.rsplit(".", 1)[-1]]:
+                        raise CheckpointError(f"{file}: {key} is {dtype}; AutoAWQ checkpoints hold "
+                                              f"{' or '.join(PACKED_DTYPES[key.rsplit('.', 1)[-1]])} there")
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error type for a damaged file
+            raise CheckpointError(f"{file} cannot be read as safetensors ({exc}): the file may be truncated or "
+                                  "damaged; copy or save it again") from exc
+    missing = sorted(set(wanted) - found)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"{info.path}: {', '.join(missing[:3])}{more} missing from "
+                              f"{', '.join(f.name for f in info.weight_files)}")
 
 
 def load_with_our_modules(info: CheckpointInfo, device: torch.device, kwargs: dict[str, Any]) -> Any:
@@ -174,9 +196,13 @@ def load_with_our_modules(info: CheckpointInfo, device: torch.device, kwargs: di
         named = exclude_layers_to_not_quantize(get_named_linears(layer), list(info.modules_to_not_convert))
         awq_cls._scale_activations(awq_cls, layer)
         for name, linear in named.items():
+            if info.group_size > linear.in_features:
+                raise CheckpointError(f"{info.path / 'config.json'}: quantization_config.group_size={info.group_size} "
+                                      f"is larger than {name}.in_features={linear.in_features}: the config does not "
+                                      "belong to these weights")
             set_op_by_name(layer, name, layer_cls.from_linear(linear, info.bits, info.group_size, init_only=True))
     model.tie_weights()
-    _check_shapes(info, model)
+    _check_tensors(info, model)
     try:
         load_checkpoint_and_dispatch(model, checkpoint=str(info.path), device_map={"": str(device)},
                                      no_split_module_classes=[awq_cls.layer_type], dtype=dtype)

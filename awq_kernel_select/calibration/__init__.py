@@ -77,7 +77,11 @@ def prepare_calibration(
             raise CalibrationError(
                 f"calibration file {path} does not exist (to pass one text, wrap it in a list: [text])"
             )
-        raw = path.read_text(encoding="utf-8")
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(f"calibration file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}): "
+                                   "save it as UTF-8, or pass the texts as a list of str") from exc
         texts = [p for p in raw.replace("\r\n", "\n").split("\n\n") if p.strip()]
         source = f"file:{path}"
         ids_list = []
