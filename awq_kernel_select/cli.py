@@ -1,4 +1,4 @@
-"""``awq-kernel-select``: detect | select | table | bench.
+"""``awq-kernel-select``: detect | select | table | doctor | bench.
 
 Errors are printed as one line (``error: ...``) with exit code 2; no tracebacks for user errors.
 """
@@ -83,6 +83,14 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    report = doctor()
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.format())
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     print(DEFAULT_TABLE.format())
     return 0
@@ -122,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="print the policy table")
     table.set_defaults(func=_cmd_table)
 
+    doctor = sub.add_parser("doctor", help="what decides what can run here: GPUs, versions, probes, known failures")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=_cmd_doctor)
     bench = sub.add_parser("bench", help="GEMM vs GEMV latency on a model (embedded 7B-shaped one by default)")
     from .bench.cli import add_arguments
 

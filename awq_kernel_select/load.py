@@ -18,6 +18,7 @@ from .detect import detect_compute_capability
 from .modules import AWQLinear
 from .runners import LoadRequest, hand_to_autoawq
 from .select import Selection, select_kernel
+from .verify import verify_layers
 
 __all__ = ["CheckpointError", "CheckpointInfo", "hand_to_autoawq", "kernels_in", "load_quantized", "read_checkpoint",
            "resolve_device"]
@@ -59,6 +60,7 @@ def load_quantized(
     device: str | torch.device | int | None = None,
     layout: str | None = None,
     trust_remote_code: bool = False,
+    verify: bool = False,
     **from_quantized_kwargs: Any,
 ) -> Any:
     """Load an AutoAWQ checkpoint onto the selected kernel; a drop-in for ``from_quantized``.
@@ -74,7 +76,11 @@ def load_quantized(
     ``awq_fuse_report``); attention runs the model's own code, and a SwiGLU MLP becomes a
     :class:`~awq_kernel_select.fuse.GatedMLP` (SiLU x up in the gate/up kernel).
     ``trust_remote_code`` (default False, on every path: AutoAWQ's own default is True) lets a
-    checkpoint's ``auto_map`` run the Python files it ships.
+    checkpoint's ``auto_map`` run the Python files it ships. ``verify=True`` runs each distinct
+    layer of this library's on random input against a float64 reference before returning
+    (:func:`~awq_kernel_select.verify.verify_layers`; the wrapper carries the checks as
+    ``awq_verify``) and raises :class:`~awq_kernel_select.verify.VerifyError` naming the layer and
+    kernel that is wrong.
     """
     if layout not in (None, "gemm", "gemv"):
         raise ValueError(f"layout={layout!r}: use 'gemm', 'gemv' or None (the selected kernel's)")
@@ -88,6 +94,8 @@ def load_quantized(
     wrapper = runner(LoadRequest(info, dev, selection, layout, options))
     wrapper.awq_kernel_selection = selection
     wrapper.awq_kernel_layers = kernels_in(wrapper.model)
+    if verify:
+        wrapper.awq_verify = verify_layers(wrapper.model)
     return wrapper
 
 

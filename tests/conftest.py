@@ -11,8 +11,10 @@ the rest of the suite rather than after it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 GPU = torch.cuda.is_available()
@@ -24,3 +26,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="session")
+def fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fp16 Llama and its tokenizer, saved once (read-only: tests write beside it)."""
+    import tiny
+
+    return tiny.save_tiny(tmp_path_factory.mktemp("tiny") / "fp16")

@@ -22,11 +22,6 @@ FAST = dict(group_size=64, max_calib_samples=8, max_calib_seq_len=64)
 
 
 @pytest.fixture(scope="module")
-def fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.save_tiny(tmp_path_factory.mktemp("tiny") / "fp16")
-
-
-@pytest.fixture(scope="module")
 def gemm_ckpt(fp16_dir: Path) -> Path:
     out = fp16_dir.parent / "q-gemm"
     quantize(fp16_dir, out, version="gemm", **FAST)

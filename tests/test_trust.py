@@ -27,11 +27,6 @@ RTN = dict(method="rtn", group_size=64)
 
 
 @pytest.fixture(scope="module")
-def fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.save_tiny(tmp_path_factory.mktemp("tiny") / "fp16")
-
-
-@pytest.fixture(scope="module")
 def ckpt(fp16_dir: Path) -> Path:
     out = fp16_dir.parent / "q-rtn"
     quantize(fp16_dir, out, **RTN)  # type: ignore[arg-type]
@@ -178,3 +173,33 @@ def test_a_what_if_capability_runs_no_gpu_detection(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(cli, "detect_compute_capability", no_detection)
     assert cli.main(["select", "--capability", "8.6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["kernel"]
+
+
+# --- verify=True: a wrong kernel is caught at load ---------------------------------------------------
+
+
+def test_verify_checks_each_distinct_layer_once(ckpt: Path) -> None:
+    from awq_kernel_select.modules import AWQLinear
+
+    wrapper = load_quantized(ckpt, device="cpu", verify=True)
+    checks = wrapper.awq_verify
+    assert {c.tokens for c in checks} == {1, 16} and all(c.rel_error < c.bound for c in checks)
+    kinds = {(m.in_features, m.out_features) for m in wrapper.model.modules() if isinstance(m, AWQLinear)}
+    assert len(checks) == 2 * len(kinds) < 2 * sum(isinstance(m, AWQLinear) for m in wrapper.model.modules())
+
+
+def test_verify_catches_a_wrong_kernel(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from awq_kernel_select.modules import AWQLinear
+    from awq_kernel_select.verify import VerifyError
+
+    right = AWQLinear.forward
+
+    def off_by_one_percent(self: AWQLinear, x: torch.Tensor, epilogue: str = "none") -> torch.Tensor:
+        return right(self, x, epilogue) * 1.01  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AWQLinear, "forward", off_by_one_percent)
+    with pytest.raises(VerifyError, match=r"model.layers.0.self_attn.q_proj: aks_gemm:torch gives relative error "
+                                          r"(9.9|1.0)\de-0[23] .*bound 2e-03"):
+        load_quantized(ckpt, device="cpu", verify=True)
+    monkeypatch.setattr(AWQLinear, "forward", right)
+    load_quantized(ckpt, device="cpu", verify=True)  # and the right one passes
