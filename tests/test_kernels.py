@@ -109,6 +109,7 @@ def test_dispatch_thresholds() -> None:
     assert [choose_path(m, device, policy) for m in (1, 8, 9, 511, 512)] == ["gemv", "gemv", "gemm", "gemm", "dequant"]
 
 
+@pytest.mark.slow  # every tile family in the interpreter: CI runs it; -m 'not slow' skips it
 @pytest.mark.parametrize("layout", ["gemm", "gemv"])
 def test_heuristic_tiles_run_and_match(layout: str) -> None:
     """The untuned heuristic (every M of the GEMV regime, group 32) gives tiles the kernel accepts
@@ -154,6 +155,7 @@ TILE_CONFIGS = [  # (layout, config): every family of tiles the kernels have
 ]
 
 
+@pytest.mark.slow  # every tile family in the interpreter: CI runs it; -m 'not slow' skips it
 @pytest.mark.parametrize("layout,cfg", TILE_CONFIGS, ids=[f"{lay}-{c}" for lay, c in TILE_CONFIGS])
 def test_tile_configurations(layout: str, cfg: MatmulConfig) -> None:
     k, n = SHAPES[0]
@@ -176,6 +178,7 @@ GATED_CONFIGS = [  # the epilogue after each kind of accumulation, with and with
 ]
 
 
+@pytest.mark.slow  # every tile family in the interpreter: CI runs it; -m 'not slow' skips it
 @pytest.mark.parametrize("layout,cfg", GATED_CONFIGS, ids=[f"{lay}-{c}" for lay, c in GATED_CONFIGS])
 def test_silu_mul_epilogue_matches_float64(layout: str, cfg: MatmulConfig) -> None:
     """A layer of gate and up rows in turn: ``silu(gate) * up``, half as wide, in every tile kind."""
@@ -469,6 +472,7 @@ def test_shipped_tuned_tables_hold_only_tiles_the_kernels_accept() -> None:
             assert e.get("path") in (None, "gemm", "dequant"), (table.name, e)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not GPU or torch.cuda.get_device_capability()[0] < 9, reason="PDL needs sm90+")
 def test_pdl_launches_match_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     """Programmatic dependent launch (opt-in): back-to-back launches over layers that share the
