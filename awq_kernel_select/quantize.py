@@ -136,6 +136,12 @@ def _quantized_linears(wrapper: Any, modules_to_not_convert: Sequence[str]) -> l
     return out
 
 
+def group_sizes_that_fit(linears: Sequence[tuple[str, nn.Linear]]) -> list[int]:
+    """The usual group sizes that divide every quantized layer's input width."""
+    widths = {lin.in_features for _, lin in linears}
+    return [c for c in (32, 64, 128, 256) if all(w % c == 0 for w in widths)]
+
+
 def check_group_size(linears: Sequence[tuple[str, nn.Linear]], group_size: int, version: str) -> None:
     """Every quantized layer's input width must be a multiple of the group size (and of 8),
     its output width a multiple of 32 (AutoAWQ's packers assume it); name the first that fails."""
@@ -145,11 +151,9 @@ def check_group_size(linears: Sequence[tuple[str, nn.Linear]], group_size: int, 
         k, n = linear.in_features, linear.out_features
         g = k if group_size == -1 else group_size
         if k % g or k % 8:
-            widths = sorted({lin.in_features for _, lin in linears})
-            working = [c for c in (32, 64, 128, 256) if all(w % c == 0 for w in widths)]
             raise QuantizeError(
                 f"group_size={group_size} does not divide {name}.in_features={k}; group sizes that divide "
-                f"every layer: {working or 'none of 32/64/128/256'} (or -1 for one group per row)"
+                f"every layer: {group_sizes_that_fit(linears) or 'none of 32/64/128/256'} (or -1 for one group per row)"
             )
         if n % 32:
             raise QuantizeError(f"{name}.out_features={n} is not a multiple of 32, which AutoAWQ's packing needs")
@@ -327,11 +331,9 @@ def quantize(
         raise QuantizeError("the model has no linear layers to quantize")
     check_group_size(linears, group_size, version)
     if method == "awq" and group_size == -1:
-        widths = sorted({lin.in_features for _, lin in linears})
-        working = [c for c in (32, 64, 128, 256) if all(w % c == 0 for w in widths)]
         raise QuantizeError(f"group_size=-1 (one group per row) with method='awq': AutoAWQ 0.2.9's scale search "
-                            f"cannot run it; group sizes that divide every layer here: {working or 'none of 32-256'}, "
-                            "or method='rtn', which takes -1")
+                            f"cannot run it; group sizes that divide every layer here: "
+                            f"{group_sizes_that_fit(linears) or 'none of 32-256'}, or method='rtn', which takes -1")
     if method == "awq" and apply_clip:
         check_clip_shapes(linears)
     if tokenizer is None and source_dir is not None and method == "awq":

@@ -18,6 +18,7 @@ A row of your own takes one of these or any callable with the :class:`Runner` si
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
@@ -90,8 +91,6 @@ class AutoAWQRunner:
             raise ValueError(f"{row.name} needs a {row.layout} checkpoint; this one is {info.version}")
         options = dict(request.options)
         if options.pop("fuse_layers", False):
-            import warnings
-
             warnings.warn(f"fuse_layers is ignored with {row.name}: AutoAWQ's fused modules need awq_ext; this "
                           "library's kernels fuse (kernel='auto' or an aks_* row)", stacklevel=4)
         wrapper = load_with_our_modules(info, request.device, options)

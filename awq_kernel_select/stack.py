@@ -17,7 +17,7 @@ re-makes it):
   5.15; a negative ``n`` (remove ``-n`` tokens) means the same everywhere: :func:`crop_cache`.
 * A static cache writes where ``cache_position`` says up to 4.57; from 5.0 it counts its tokens
   on the device and writes after them: a decode step repeated for timing ran off the cache's end
-  (a device-side assert on the GPU). :func:`rewind_static_cache` undoes a step's advance.
+  (a device-side assert on the GPU). :func:`static_cache_rewinder` undoes a step's advance.
 * Rotary embeddings take ``(config, device=None)`` up to 5.18 and ``(config)`` from 5.19:
   :func:`rotary_embedding` builds one on a device either way.
 * ``from_pretrained(torch_dtype=)`` became ``dtype=`` in 4.56 (the old name warns in 5.x):
@@ -40,7 +40,6 @@ from packaging.version import Version
 
 #: the transformers versions CI proves (full suite on 4.51.3, the compatibility subset on the ends)
 TRANSFORMERS_RANGE = SpecifierSet(">=4.51,<6")
-TESTED_VERSIONS = ("4.51.0", "4.51.3", "5.25.0")
 
 
 class StackError(ImportError):
@@ -96,14 +95,16 @@ def crop_cache(cache: Any, length: int) -> None:
         cache.crop(-extra)
 
 
-def rewind_static_cache(cache: Any, tokens: int) -> None:
-    """Take back the last ``tokens`` tokens a decode step added to a static cache, so that the
-    same step can run again at the same position. Before 5.0 a static cache writes where
-    ``cache_position`` says and counts nothing: nothing to undo. From 5.0 each layer counts its
-    tokens on the device (``cumulative_length``) and writes there, ignoring ``cache_position``;
-    ``crop(-tokens)`` takes the count back, on the device, so a CUDA graph replays it too."""
+def static_cache_rewinder(cache: Any, tokens: int) -> Callable[[], None]:
+    """What takes back the ``tokens`` tokens a decode step adds to a static cache, so that the
+    same step can run again at the same position (decided once, called after every step).
+    Before 5.0 a static cache writes where ``cache_position`` says and counts nothing: nothing to
+    undo. From 5.0 each layer counts its tokens on the device (``cumulative_length``) and writes
+    there, ignoring ``cache_position``; ``crop(-tokens)`` takes the count back, on the device, so
+    a CUDA graph replays it too."""
     if any(hasattr(layer, "cumulative_length") for layer in getattr(cache, "layers", ())):
-        cache.crop(-tokens)
+        return lambda: cache.crop(-tokens)
+    return lambda: None
 
 
 def rotary_embedding(model: Any, config: Any, device: torch.device) -> Any:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..stack import crop_cache, rewind_static_cache
+from ..stack import crop_cache, static_cache_rewinder
 from .timing import Timing, eager_samples, time_eager, time_graph_both
 
 
@@ -78,9 +78,11 @@ def repeatable_step(forward: Callable[..., Any], static: Any, step_input: torch.
     """One decode step of ``forward`` on the prefilled ``static`` cache at ``position`` that
     leaves the cache as it found it: it can run, and replay in a CUDA graph, any number of times."""
 
+    rewind = static_cache_rewinder(static, step_input.shape[1])
+
     def step() -> Any:
         out = forward(input_ids=step_input, past_key_values=static, cache_position=position, use_cache=True)
-        rewind_static_cache(static, step_input.shape[1])
+        rewind()
         return out
 
     return step
