@@ -40,6 +40,7 @@ from packaging.version import Version
 
 #: the transformers versions CI proves (full suite on 4.51.3, the compatibility subset on the ends)
 TRANSFORMERS_RANGE = SpecifierSet(">=4.51,<6")
+INSTALL = "pip install 'transformers>=4.51,<6'"
 
 
 class StackError(ImportError):
@@ -53,7 +54,7 @@ def transformers_version() -> Version:
     try:
         return Version(version("transformers"))
     except PackageNotFoundError as exc:
-        raise StackError("transformers is not installed: pip install 'transformers>=4.51,<6'") from exc
+        raise StackError(f"transformers is not installed: {INSTALL}") from exc
 
 
 def check_transformers(found: Version | None = None) -> Version:
@@ -62,10 +63,10 @@ def check_transformers(found: Version | None = None) -> Version:
     if found.release[:2] < (4, 51):
         raise StackError(
             f"transformers {found} is too old: AutoAWQ 0.2.9 imports transformers.models.qwen3, added in 4.51.0. "
-            f"This library runs on transformers {TRANSFORMERS_RANGE}: pip install 'transformers>=4.51,<6'")
+            f"This library runs on transformers {TRANSFORMERS_RANGE}: {INSTALL}")
     if found.release[0] >= 6:
         raise StackError(f"transformers {found} is newer than this library has been tested with "
-                         f"({TRANSFORMERS_RANGE}): pip install 'transformers>=4.51,<6'")
+                         f"({TRANSFORMERS_RANGE}): {INSTALL}")
     return found
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -195,14 +194,6 @@ def test_long_samples_are_split_not_dropped() -> None:
 # --- loading bad checkpoints -----------------------------------------------------------------------
 
 
-def broken_copy(src: Path, dst: Path, edit) -> Path:
-    shutil.copytree(src, dst)
-    config = json.loads((dst / "config.json").read_text())
-    edit(config, dst)
-    (dst / "config.json").write_text(json.dumps(config))
-    return dst
-
-
 @pytest.mark.parametrize(
     "edit,match",
     [
@@ -215,7 +206,7 @@ def broken_copy(src: Path, dst: Path, edit) -> Path:
 )
 def test_bad_checkpoints_name_the_file_and_field(gemm_ckpt: Path, tmp_path: Path, edit, match: str) -> None:
     with pytest.raises(CheckpointError, match=match):
-        load_quantized(broken_copy(gemm_ckpt, tmp_path / "bad", edit), device="cpu")
+        load_quantized(tiny.copy_checkpoint(gemm_ckpt, tmp_path / "bad", edit), device="cpu")
 
 
 def test_missing_config(tmp_path: Path) -> None:
@@ -226,16 +217,16 @@ def test_missing_config(tmp_path: Path) -> None:
 def _with_auto_map(ckpt: Path, folder: Path) -> tuple[Path, Path]:
     """A copy of ``ckpt`` whose config.json maps AutoConfig to a Python file in the checkpoint
     that leaves a marker file when it runs."""
-    copy = shutil.copytree(ckpt, folder)
     marker = folder.parent / "checkpoint-code-ran"
-    (copy / "evil.py").write_text(
-        f"open({str(marker)!r}, 'w').write('ran')\n"
-        "from transformers import LlamaConfig\n"
-        "class EvilConfig(LlamaConfig):\n    pass\n")
-    config = json.loads((copy / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
-    (copy / "config.json").write_text(json.dumps(config))
-    return copy, marker
+
+    def add_auto_map(config: dict, copy: Path) -> None:
+        (copy / "evil.py").write_text(
+            f"open({str(marker)!r}, 'w').write('ran')\n"
+            "from transformers import LlamaConfig\n"
+            "class EvilConfig(LlamaConfig):\n    pass\n")
+        config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
+
+    return tiny.copy_checkpoint(ckpt, folder, add_auto_map), marker
 
 
 def test_checkpoint_code_does_not_run_without_consent(gemm_ckpt: Path, tmp_path: Path) -> None:

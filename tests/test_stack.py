@@ -177,12 +177,11 @@ def test_checkpoint_config_carries_both_versions_rope_fields(exchange: Path, rec
 def test_a_config_with_only_rope_parameters_loads_as_written(exchange: Path, tmp_path: Path) -> None:
     """What 5.x's ``save_pretrained`` writes (and other tools that write for 5.x): 4.x would run
     rope_theta=10000 without scaling and give other logits."""
-    source = exchange / transformers.__version__ / "awq-gemm"
-    copy = shutil.copytree(source, tmp_path / "five-style")
-    config = json.loads((copy / "config.json").read_text())
-    rope_scaling = config.pop("rope_scaling")
-    config["rope_parameters"] = {**rope_scaling, "rope_theta": config.pop("rope_theta")}
-    (copy / "config.json").write_text(json.dumps(config))
+    def as_5x_writes_it(config: dict[str, Any], _: Path) -> None:
+        config["rope_parameters"] = {**config.pop("rope_scaling"), "rope_theta": config.pop("rope_theta")}
+
+    copy = tiny.copy_checkpoint(exchange / transformers.__version__ / "awq-gemm", tmp_path / "five-style",
+                                as_5x_writes_it)
     assert torch.equal(logits_of(copy), torch.load(exchange / transformers.__version__ / "awq-gemm.logits.pt"))
 
 

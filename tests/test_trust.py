@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -31,10 +30,6 @@ def ckpt(fp16_dir: Path) -> Path:
     out = fp16_dir.parent / "q-rtn"
     quantize(fp16_dir, out, **RTN)  # type: ignore[arg-type]
     return out
-
-
-def edited_copy(ckpt: Path, folder: Path) -> Path:
-    return Path(shutil.copytree(ckpt, folder))
 
 
 # --- quantize: refused before any model work -------------------------------------------------------
@@ -96,7 +91,7 @@ def test_a_calibration_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
 
 
 def test_a_truncated_weights_file_is_named(ckpt: Path, tmp_path: Path) -> None:
-    copy = edited_copy(ckpt, tmp_path / "c")
+    copy = tiny.copy_checkpoint(ckpt, tmp_path / "c")
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"model.safetensors cannot be read as safetensors .*truncated"):
@@ -112,14 +107,14 @@ def _rewrite_tensors(copy: Path, edit: object) -> None:
 
 
 def test_a_missing_tensor_is_named(ckpt: Path, tmp_path: Path) -> None:
-    copy = edited_copy(ckpt, tmp_path / "c")
+    copy = tiny.copy_checkpoint(ckpt, tmp_path / "c")
     _rewrite_tensors(copy, lambda t: t.pop("model.layers.1.mlp.up_proj.qweight"))
     with pytest.raises(CheckpointError, match=r"model.layers.1.mlp.up_proj.qweight missing from model.safetensors"):
         load_quantized(copy, device="cpu")
 
 
 def test_a_float_qweight_is_refused_at_load_not_at_the_first_forward(ckpt: Path, tmp_path: Path) -> None:
-    copy = edited_copy(ckpt, tmp_path / "c")
+    copy = tiny.copy_checkpoint(ckpt, tmp_path / "c")
     key = "model.layers.0.self_attn.q_proj.qweight"
 
     def to_float(t: dict[str, torch.Tensor]) -> None:
@@ -131,11 +126,7 @@ def test_a_float_qweight_is_refused_at_load_not_at_the_first_forward(ckpt: Path,
 
 
 def _edit_quant_config(ckpt: Path, folder: Path, **changes: object) -> Path:
-    copy = edited_copy(ckpt, folder)
-    config = json.loads((copy / "config.json").read_text())
-    config["quantization_config"].update(changes)
-    (copy / "config.json").write_text(json.dumps(config))
-    return copy
+    return tiny.copy_checkpoint(ckpt, folder, lambda config, _: config["quantization_config"].update(changes))
 
 
 def test_a_group_size_larger_than_a_layer_names_the_config(ckpt: Path, tmp_path: Path) -> None:

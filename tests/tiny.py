@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -25,3 +28,14 @@ def save_tiny(folder: Path, **kwargs) -> Path:
     model.save_pretrained(folder)
     make_tokenizer(model.config.vocab_size).save_pretrained(folder)
     return folder
+
+
+def copy_checkpoint(src: Path, dst: Path, edit: Callable[[dict[str, Any], Path], Any] | None = None) -> Path:
+    """A copy of the checkpoint ``src`` at ``dst``; ``edit(config, dst)`` may change its config.json
+    (the dict, written back) and the copy's files."""
+    shutil.copytree(src, dst)
+    if edit is not None:
+        config = json.loads((dst / "config.json").read_text())
+        edit(config, dst)
+        (dst / "config.json").write_text(json.dumps(config))
+    return dst

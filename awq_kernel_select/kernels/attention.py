@@ -120,9 +120,9 @@ class DecodeAttentionConfig:
     The default was chosen on an H100 (``python -m benchmarks.sdpa_decode --aks-sweep``, 32 heads
     of 128, 32 layers' calls in one CUDA graph; that sweep's data was not kept): 32 keys per step
     and 4 warps at 144 keys, 64 keys per step over 4 programs per SM at 1040 keys (one step of 64
-    beat two of 32). On an H200 (2026-12-04, ``docs/data/sdpa-decode-h200.json``) it runs 6.50 us per call at 144 keys (cuDNN 6.68)
-    and 11.96 us at 1040 (cuDNN 13.70). ``block_n=None`` takes 64 where a split gets more than
-    32 keys, else 32."""
+    beat two of 32). On an H200 (2026-12-04, ``docs/data/sdpa-decode-h200.json``) it runs 6.50 us
+    per call at 144 keys (cuDNN 6.68) and 11.96 us at 1040 (cuDNN 13.70). ``block_n=None`` takes
+    64 where a split gets more than 32 keys, else 32."""
 
     block_n: int | None = None
     programs: int | None = None  # None: 4 per SM of the GPU
