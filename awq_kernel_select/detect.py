@@ -20,6 +20,7 @@ indices, ``GPU-<uuid>`` prefixes or ``MIG-...`` ids, cut at the first entry that
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import shutil
@@ -75,6 +76,7 @@ class GpuInfo:
     driver_version: str | None = None
     runtime_version: str | None = None  # CUDA or HIP runtime that torch was built with
     mig: bool = False
+    multiprocessors: int | None = None  # SMs (CUDA) or CUs (ROCm); only torch reports it
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ def torch_source(visible: str | None) -> list[GpuInfo]:
                     arch=arch,
                     total_memory_bytes=int(props.total_memory),
                     runtime_version=str(torch.version.hip),
+                    multiprocessors=int(props.multi_processor_count),
                 )
             )
         else:
@@ -231,9 +234,23 @@ def torch_source(visible: str | None) -> list[GpuInfo]:
                     uuid=f"GPU-{uuid}" if uuid is not None and not str(uuid).startswith("GPU-") else (str(uuid) if uuid else None),
                     runtime_version=torch.version.cuda,
                     driver_version=_nvml_driver_version(),
+                    multiprocessors=int(props.multi_processor_count),
                 )
             )
     return gpus
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_device(index: int) -> GpuInfo:
+    """The CUDA GPU torch calls ``cuda:index``, from torch (name, capability, SMs): what a
+    dispatch plan is built for. A GPU's properties do not change while the process runs."""
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    cap = ComputeCapability(int(props.major), int(props.minor))
+    return GpuInfo(index=index, name=props.name, backend="cuda", source="torch", capability=cap,
+                   arch=f"sm_{cap.to_int()}", total_memory_bytes=int(props.total_memory),
+                   multiprocessors=int(props.multi_processor_count))
 
 
 def _nvml_driver_version() -> str | None:

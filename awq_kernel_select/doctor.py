@@ -165,11 +165,13 @@ def doctor(detection: Detection | None = None) -> DoctorReport:
         chosen = select_kernel(workload="interactive", detection=detection) if primary else \
             select_kernel(workload="interactive", device="cpu")
         selection = f"{chosen.name} ({chosen.reasons[0]})"
+        if chosen.plan is not None and primary:
+            selection += f"; dispatch plan: {chosen.plan.describe()}"
     except NoKernelError as exc:
         selection = f"none: {exc}"
     notes = [note for note in (_visibility_note(detection),) if note]
     if transformers_check.startswith("FAIL"):
         notes += [f"{k.meaning}: {k.fix} ({k.source})" for k in diagnose(transformers_check)]
     if os.environ.get("AWQ_KERNEL_SELECT_TUNED"):
-        notes.append(f"AWQ_KERNEL_SELECT_TUNED={os.environ['AWQ_KERNEL_SELECT_TUNED']} replaces the shipped tile tables")
+        notes.append(f"AWQ_KERNEL_SELECT_TUNED={os.environ['AWQ_KERNEL_SELECT_TUNED']} replaces the shipped per-GPU files")
     return DoctorReport(_versions(), detection, transformers_check, tuple(probes), selection, tuple(notes))

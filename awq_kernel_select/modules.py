@@ -14,7 +14,7 @@ from torch import nn
 
 from . import layouts
 from .kernels import op
-from .kernels.dispatch import DEFAULT_DISPATCH, DispatchPolicy, KernelPath, linear_with_replay
+from .kernels.dispatch import DispatchPlan, KernelPath, linear_with_replay
 from .kernels.matmul import Replay
 from .kernels.reference import Epilogue
 from .layouts import PackedWeights
@@ -48,7 +48,9 @@ class AWQLinear(nn.Module):
         self.out_features = out_features
         self.training = training
         self.path: KernelPath | str = "auto"  # or a forced path: "gemv", "gemm", "dequant", "torch"
-        self.dispatch: DispatchPolicy = DEFAULT_DISPATCH
+        #: the GPU's dispatch plan (``Selection.plan``; ``load_quantized`` sets it); None: the plan
+        #: built for the input's device at the first call of each shape
+        self.dispatch: DispatchPlan | None = None
         self._packed_cache: tuple[tuple[int, ...], PackedWeights, torch.Tensor | None] | None = None
         self._replays: dict[tuple[object, ...], Replay] = {}
         shapes = layouts.expected_shapes(self.layout, in_features, out_features, group_size)
@@ -157,7 +159,7 @@ class AWQLinear(nn.Module):
                              self.in_features, self.out_features, self.group_size, self.path, self.dispatch,
                              epilogue)
         # Eager decode calls each layer with the same shapes over and over: the launch is kept
-        # per (input shape, dtype, device, path, dispatch policy, epilogue) and repeated without
+        # per (input shape, dtype, device, path, dispatch plan, epilogue) and repeated without
         # the dispatch; it takes x as it is and returns the output in its final shape.
         # New buffers or bias (assigned, loaded with assign=True, or moved by .to()) drop them
         # all, in __setattr__ and _apply; this path reads no buffer (each read costs ~1 us of
@@ -170,7 +172,7 @@ class AWQLinear(nn.Module):
         packed = self.packed()  # rebuilt (and the kept launches dropped) if the buffers changed
         with torch.no_grad():
             out, replay = linear_with_replay(x, packed, self.bias, path=self.path,  # type: ignore[arg-type]
-                                             policy=self.dispatch, epilogue=epilogue)
+                                             plan=self.dispatch, epilogue=epilogue)
         if replay is not None:
             if len(self._replays) >= 64:  # prefill lengths vary: keep the table small
                 self._replays.clear()
@@ -219,10 +221,17 @@ def set_path(model: nn.Module, path: str) -> None:
             child.path = path
 
 
+def set_plan(model: nn.Module, plan: DispatchPlan | None) -> None:
+    """Give every packed layer of ``model`` this dispatch plan (``Selection.plan``)."""
+    for child in model.modules():
+        if isinstance(child, AWQLinear):
+            child.dispatch = plan
+
+
 def drop_kept_launches(model: nn.Module) -> None:
     """Forget every kept launch: each packed layer's (eager) and the operator's (compiled), so
     that the next call of each layer plans and launches afresh; for after a setting a kept launch
-    has baked in changed (``kernels.matmul.USE_PDL``, the tuned table). Buffers replaced through
+    has baked in changed (``kernels.matmul.USE_PDL``). Buffers replaced through
     the module drop theirs already."""
     op.drop_kept()
     for child in model.modules():

@@ -56,6 +56,9 @@ class KernelSpec:
     tested_on: tuple[CC, ...] = ()  # capabilities this library ran it on
     notes: str = ""
     runner: Runner | None = None  # loads a checkpoint onto this kernel (runners.py); required to register
+    #: the small-M side of a measured GEMV/GEMM crossover: where the GPU has one
+    #: (``measured.py``), this row's token range becomes 1 .. crossover - 1
+    follows_crossover: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in VERSIONS:
@@ -169,6 +172,7 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
         devices=("cuda",),
         min_capability=_TRITON_MIN,
         tokens=(1, 2),  # docs/kernels.md (H100): the GEMV layout leads at M = 1-2, the layouts are level from 4
+        follows_crossover=True,
         requires=("triton_gpu",),
         priority=100,
         provider="awq_kernel_select",

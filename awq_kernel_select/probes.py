@@ -35,6 +35,7 @@ class Target:
     capability: ComputeCapability | None = None
     arch: str | None = None  # gfx arch on ROCm
     name: str | None = None  # the GPU's name, when detected (keys measured results)
+    multiprocessors: int | None = None  # its SM count, when detected (tiles are per chip)
 
     def __str__(self) -> str:
         if self.device == "cuda" and self.capability is not None:

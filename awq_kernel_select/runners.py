@@ -26,7 +26,7 @@ import torch
 
 from .checkpoint import CheckpointError, CheckpointInfo
 from .fuse import fuse_projections
-from .modules import LAYOUT_CLASSES, AWQLinear, set_layout, set_path
+from .modules import LAYOUT_CLASSES, AWQLinear, set_layout, set_path, set_plan
 from .stack import dtype_kwargs, require_awq
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class OursRunner:
         wrapper = load_with_our_modules(info, request.device, dict(request.options))
         set_layout(wrapper.model, request.layout or row_layout)
         set_path(wrapper.model, self.path)
+        set_plan(wrapper.model, request.selection.plan)
         if request.options.get("fuse_layers"):
             wrapper.awq_fuse_report = fuse_projections(wrapper.model)
         return wrapper

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Collection, Mapping, Sequence
 
 from .detect import ComputeCapability, Detection, detect_compute_capability
-from .measured import MeasuredCrossover, lookup_crossover
+from .kernels.dispatch import DispatchPlan
+from .measured import MeasuredCrossover, facts_for_target, plan_for_target
 from .policy import CONVERTIBLE, DEFAULT_TABLE, VERSIONS, KernelSpec, Layout, PolicyTable
 from .probes import Probe, Target, Verdict, check
 
@@ -56,7 +57,10 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Selection:
-    """The chosen kernel, the layout its weights must be in, and why; plus every loser."""
+    """The chosen kernel, the layout its weights must be in, and why; plus every loser; and the
+    dispatch plan of the GPU selected for (``plan``: the path per number of tokens, the tiles
+    measured on this chip, its SMs), which ``load_quantized`` hands to this library's layers
+    (None for a GPU named only by its capability)."""
 
     kernel: KernelSpec
     target: Target
@@ -65,6 +69,7 @@ class Selection:
     reasons: tuple[str, ...]
     rejected: tuple[Rejection, ...] = field(default=())
     measured: MeasuredCrossover | None = None
+    plan: DispatchPlan | None = None
 
     @property
     def name(self) -> str:
@@ -103,6 +108,12 @@ class Selection:
             "reasons": list(self.reasons),
             "rejected": [{"kernel": r.kernel.name, "reason": r.reason} for r in self.rejected],
             "measured_crossover": self.measured.to_dict() if self.measured else None,
+            "plan": None if self.plan is None else {
+                "gpu": self.plan.gpu, "multiprocessors": self.plan.multiprocessors,
+                "gemv_max_tokens": self.plan.policy.gemv_max_tokens,
+                "dequant_min_tokens": self.plan.policy.dequant_min_tokens,
+                "tuned_tiles": len(self.plan.tiles), "tiles": self.plan.tiles_note,
+                "crossover_tokens": self.plan.crossover_tokens},
         }
 
 
@@ -120,7 +131,7 @@ def target_from_detection(detection: Detection) -> Target:
         return Target("cpu")
     if gpu.backend == "rocm":
         return Target("rocm", None, gpu.arch, gpu.name)
-    return Target("cuda", gpu.capability, gpu.arch, gpu.name)
+    return Target("cuda", gpu.capability, gpu.arch, gpu.name, gpu.multiprocessors)
 
 
 def _why_not(
@@ -186,7 +197,9 @@ def select_kernel(
     else:
         target = target_from_detection(detection or detect_compute_capability())
 
-    measured = lookup_crossover(target) if use_measured and target.device == "cuda" else None
+    facts = facts_for_target(target)  # what was measured on this GPU model, read now
+    plan = plan_for_target(target, facts)
+    measured = facts.crossover if use_measured and facts is not None else None
     rows = [_apply_measured(row, measured) for row in table] if measured else list(table)
 
     def verdict(name: str) -> Verdict:
@@ -239,10 +252,8 @@ def select_kernel(
         reasons.append(f"the {version} checkpoint is converted losslessly to the {chosen.layout} layout")
     if measured is not None and chosen.provider == "awq_kernel_select":
         reasons.append(f"GEMV/GEMM crossover measured on this GPU: {measured.describe()}")
-    if chosen.provider == "awq_kernel_select":
-        tiles = _tile_table_reason(target)
-        if tiles is not None:
-            reasons.append(tiles)
+    if chosen.provider == "awq_kernel_select" and plan is not None and target.device == "cuda":
+        reasons.append(f"dispatch plan: {plan.describe()}")
     # Rows that fit in every way but an import: say so, a user may be able to fix that.
     for r in rejected:
         probed = all(q in verdicts for q in r.kernel.requires)
@@ -254,7 +265,7 @@ def select_kernel(
         for r in fits
         if r is not chosen
     )
-    return Selection(chosen, target, work, version, tuple(reasons), others, measured)
+    return Selection(chosen, target, work, version, tuple(reasons), others, measured, plan)
 
 
 class _LazyVerdicts(dict[str, Verdict]):
@@ -281,22 +292,9 @@ def _parse_version(version: str | None) -> Layout | None:
     raise ValueError(f"unknown AWQ checkpoint version {version!r}; known: {', '.join(VERSIONS)}")
 
 
-def _tile_table_reason(target: Target) -> str | None:
-    """Which tuned tiles this library's kernels use on the target, where it is this process's
-    GPU 0 (a named capability without a GPU says nothing of tiles)."""
-    if target.device != "cuda" or target.name is None:
-        return None
-    import torch
-
-    if not torch.cuda.is_available() or torch.cuda.get_device_name(0) != target.name:
-        return None
-    from .kernels.dispatch import tile_table_note
-
-    return tile_table_note(torch.device("cuda", 0))
-
-
 def _apply_measured(row: KernelSpec, measured: MeasuredCrossover) -> KernelSpec:
-    """Move this library's GEMV/GEMM token ranges to the crossover measured on this GPU."""
-    if row.provider != "awq_kernel_select" or row.name not in ("aks_gemv",):
+    """Move the token range of a row that follows the crossover (``KernelSpec.follows_crossover``)
+    to the one measured on this GPU."""
+    if not row.follows_crossover:
         return row
     return replace(row, tokens=(1, max(1, measured.crossover_tokens - 1)))

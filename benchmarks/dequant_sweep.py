@@ -47,11 +47,11 @@ def main() -> None:
                 row["fp16"] = time_graph([lambda w=w: torch.nn.functional.linear(x, w) for w in fp16], reps=10).median_us
                 for chunk in args.chunks_mb:
                     pol = dispatch.DispatchPolicy(dequant_chunk_bytes=chunk * MB)
-                    out = dispatch.awq_linear(x, packed[0], path="dequant", policy=pol)
+                    out = dispatch.awq_linear(x, packed[0], path="dequant", plan=dispatch.default_plan(x.device).with_policy(pol))
                     err = float((out.double() - x.double() @ ref.double().t()).norm() / (x.double() @ ref.double().t()).norm())
                     assert err < 1e-3, (k, n, m, chunk, err)
                     row[f"chunk{chunk}MB"] = time_graph(
-                        [lambda p=p: dispatch.awq_linear(x, p, path="dequant", policy=pol) for p in packed], reps=10).median_us
+                        [lambda p=p: dispatch.awq_linear(x, p, path="dequant", plan=dispatch.default_plan(x.device).with_policy(pol)) for p in packed], reps=10).median_us
                 pol = dispatch.DispatchPolicy(dequant_chunk_bytes=16 * MB)
                 for bk, bn, warps in tiles:
                     real = dequant.dequantize_triton
@@ -61,7 +61,7 @@ def main() -> None:
 
                     with mock.patch.object(dispatch, "dequantize_triton", tiled):
                         row[f"tile{bk}x{bn}w{warps}"] = time_graph(
-                            [lambda p=p: dispatch.awq_linear(x, p, path="dequant", policy=pol) for p in packed], reps=10).median_us
+                            [lambda p=p: dispatch.awq_linear(x, p, path="dequant", plan=dispatch.default_plan(x.device).with_policy(pol)) for p in packed], reps=10).median_us
                 best = min((v, key) for key, v in row.items() if key.startswith(("chunk", "tile")))
                 row["best"] = best[1]
                 row["ratio"] = row["fp16"] / best[0]

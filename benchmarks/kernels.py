@@ -5,6 +5,10 @@ Run on a GPU::
     python -m benchmarks.kernels --out docs/kernels            # the full table (a few minutes)
     python -m benchmarks.kernels --sweep --out /tmp/sweep      # tile-configuration sweep
 
+The sweep writes the best tiles per shape and M through ``awq_kernel_select.measured``'s one
+writer: into the user's measured-facts overlay (used on this GPU model from the next call on), or
+with ``--ship`` into the package's file for this GPU model (``awq_kernel_select/gpus/``).
+
 Method: every layer is quantized to 4 bits with group size 128 from random normal weights (not
 zeros); each contender runs the same integers, scales and zeros. Each time is the median over
 CUDA-graph replays of a sequence of calls that rotates over enough weight copies (3x the 50 MB
@@ -34,7 +38,7 @@ from benchmarks import peers  # noqa: E402
 from awq_kernel_select import layouts as L  # noqa: E402
 from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph  # noqa: E402
 from awq_kernel_select.kernels import awq_linear  # noqa: E402
-from awq_kernel_select.kernels.dispatch import tile_table_note  # noqa: E402
+from awq_kernel_select.kernels.dispatch import default_plan  # noqa: E402
 from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
 
 SHAPES_7B = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N)
@@ -199,9 +203,15 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
 
 
 def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    """Time every configuration; write the best per (layout, K, N, G, M) as a tuned table."""
-    from awq_kernel_select.kernels.dispatch import device_chip, pick_config
+    """Time every configuration; save the best per (layout, K, N, G, M) as measured tiles."""
+    from awq_kernel_select.detect import cuda_device
+    from awq_kernel_select.kernels.dispatch import default_plan
+    from awq_kernel_select.measured import cache_path, save_measurement, shipped_file
 
+    gpu = cuda_device(torch.cuda.current_device())
+    assert gpu.capability is not None
+    target = shipped_file(gpu.name) if args.ship else cache_path()
+    plan = default_plan(torch.device("cuda"))
     results, entries = [], []
     shapes = SHAPE_SETS[args.shapes]
     for k, n in shapes:
@@ -227,7 +237,7 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                 if m > 16:  # the alternative for large M: dequantize + cuBLAS
                     timings["dequant"] = time_graph([lambda p=p: awq_linear(x, p, None, path="dequant")
                                                      for p in packed], reps=10, warmup=2).median_us
-                heuristic = pick_config(x.device, path, layout, m, n, k, GROUP)
+                heuristic = plan.config_for(path, layout, m, n, k, GROUP)
                 top = sorted(timings.items(), key=lambda kv: kv[1])[:4]
                 line = {"K": k, "N": n, "layout": layout, "M": m, "heuristic": str(heuristic),
                         "best_us": best[0] if best else None, "top": top}
@@ -240,12 +250,13 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                     if "dequant" in timings:  # which of the two paths auto should take at this M
                         entry["path"] = "dequant" if timings["dequant"] < best[0] else "gemm"
                     entries.append(entry)
-        chip = device_chip(torch.device("cuda"))
-        tuned = {"gpu": torch.cuda.get_device_name(), "source": "benchmarks/kernels.py --sweep",
-                 "chip": {"capability": list(chip.capability), "multiprocessors": chip.multiprocessors},
-                 "entries": entries}
-        (out_dir / f"tuned-{'-'.join(args.layouts)}.json").write_text(json.dumps(tuned, indent=1))  # after every shape: partial results survive
-    return {"sweep": results}
+        # after every shape, so that partial results survive
+        save_measurement(gpu.name, (gpu.capability.major, gpu.capability.minor), multiprocessors=gpu.multiprocessors,
+                         tiles=entries, path=target,
+                         source=f"python -m benchmarks.kernels --sweep (group {GROUP}) on an {gpu.name}, "
+                                f"{time.strftime('%Y-%m-%d', time.gmtime())}")
+    print(f"tiles saved to {target}", flush=True)
+    return {"sweep": results, "tiles": entries, "saved_to": str(target)}
 
 
 def main() -> None:
@@ -261,6 +272,8 @@ def main() -> None:
     parser.add_argument("--quick-sweep", action="store_true", help="fewer tile configurations")
     parser.add_argument("--sweep-match", nargs="*", default=[],
                         help="sweep only the tiles whose name contains each of these, e.g. /BK256/ /IK")
+    parser.add_argument("--ship", action="store_true",
+                        help="--sweep: save the tiles into the package's file for this GPU model, not the user's overlay")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--only", nargs="*", help="contenders to run")
     args = parser.parse_args()
@@ -273,7 +286,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "autoawq_path": peers.autoawq_path_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "group_size": GROUP, "tile_table": tile_table_note(torch.device("cuda")),
+        "group_size": GROUP, "tile_table": default_plan(torch.device("cuda")).describe(),
     }
     try:
         import triton

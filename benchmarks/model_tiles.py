@@ -5,12 +5,12 @@ to back). Inside a model the same kernel can run slower: a profile of the compil
 step (``decode_profile.py``) had the fused q/k/v linear at 22.4 us where its isolated sweep said
 17.2. So here the yardstick is the whole step: the embedded model (``awq-kernel-select bench``'s,
 q/k/v and gate/up fused), compiled once (inductor, fullgraph, static KV cache); for each linear
-shape in turn, each candidate tile is written to a tuned table (``AWQ_KERNEL_SELECT_TUNED``, the
-other shapes as shipped), the compiled step is captured in a CUDA graph afresh and its replays
-timed. The best candidates are timed again in turn (``--rounds``), the fastest is adopted for
+shape in turn, each candidate tile is put into the model's dispatch plan (the other shapes as
+shipped), the compiled step is captured in a CUDA graph afresh and its replays timed. The best candidates are timed again in turn (``--rounds``), the fastest is adopted for
 the next shapes, and at the end the adopted tiles and the shipped ones are timed in turn, compiled
 and uncompiled, with the logits checked against the shipped tiles'. Writes ``model-tiles.json``
-with the adopted entries in the tuned table's format. Needs a CUDA GPU::
+with the adopted tiles; ``--save FILE`` adds them to a measured-facts file (``measured.py``'s one
+writer; the package's own file: ``awq_kernel_select/gpus/<gpu>.json``). Needs a CUDA GPU::
 
     python -m benchmarks.model_tiles --out DIR        # ~5 min on an H100
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -35,9 +36,12 @@ from awq_kernel_select.bench.latency import prefilled_static_cache, random_promp
 from awq_kernel_select.bench.model import embedded_models  # noqa: E402
 from awq_kernel_select.bench.timing import time_graph  # noqa: E402
 from awq_kernel_select.fuse import fuse_projections  # noqa: E402
+from awq_kernel_select.detect import cuda_device  # noqa: E402
 from awq_kernel_select.kernels import dispatch  # noqa: E402
+from awq_kernel_select.kernels.dispatch import DispatchPlan, TunedEntry  # noqa: E402
 from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
-from awq_kernel_select.modules import drop_kept_launches, set_layout  # noqa: E402
+from awq_kernel_select.measured import save_measurement  # noqa: E402
+from awq_kernel_select.modules import drop_kept_launches, set_layout, set_plan  # noqa: E402
 
 SHAPES = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)]  # (K, N): q/k/v, o, gate/up, down
 GROUP = 128
@@ -48,20 +52,13 @@ def candidates() -> list[MatmulConfig]:
             for bn, split, warps, pf in itertools.product((128, 256), (4, 8, 16, 32), (4, 8), (False, True))]
 
 
-def shipped_file() -> Path:
-    name = torch.cuda.get_device_name().lower().replace(" ", "-")
-    return dispatch.TUNED_DIR / f"{name}.json"
-
-
-def use_tiles(tiles: dict[tuple[int, int], MatmulConfig], scratch: Path, model: torch.nn.Module) -> None:
-    """The shipped table with ``tiles`` as the M = 1 GEMV-layout entries of their shapes; every
-    cache of plans and kept launches dropped."""
-    entries = [dict(layout="gemv", K=k, N=n, G=GROUP, M=1, us=None, config=vars(cfg)) for (k, n), cfg in tiles.items()]
-    scratch.write_text(json.dumps(dict(gpu=torch.cuda.get_device_name(), entries=entries)))
-    files = [shipped_file()] if shipped_file().exists() else []
-    os.environ["AWQ_KERNEL_SELECT_TUNED"] = os.pathsep.join(str(f) for f in [*files, scratch])
-    dispatch._tuned_table.cache_clear()
-    dispatch.plan.cache_clear()
+def use_tiles(tiles: dict[tuple[int, int], MatmulConfig], plan: DispatchPlan, model: torch.nn.Module) -> None:
+    """The shipped tiles with ``tiles`` as the M = 1 GEMV-layout entries of their shapes, put into
+    the model's plan in place (the compiled model keeps calling with the same plan), every
+    decided shape and kept launch dropped."""
+    table: Any = plan.tiles
+    table.update({("gemv", k, n, GROUP, 1): TunedEntry(cfg, None) for (k, n), cfg in tiles.items()})
+    plan.forget()
     drop_kept_launches(model)
 
 
@@ -73,19 +70,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--final-rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("/tmp/model-tiles"))
+    parser.add_argument("--save", type=Path, help="add the adopted tiles to this measured-facts file")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
-    scratch = args.out / "candidate-tiles.json"
     device = torch.device("cuda")
     built = embedded_models(args.layers, device)
     model = set_layout(copy.deepcopy(built.quantized), "gemv")
     del built
+    base = dispatch.default_plan(device)
+    plan = dataclasses.replace(base, tiles=dict(base.tiles))
+    set_plan(model, plan)
     fuse_projections(model)
     prompt = random_prompt(model, 1, 128, device)
-    shipped = {shape: dispatch.plan(device, "gemv", 1, shape[1], shape[0], GROUP, "auto", dispatch.DEFAULT_DISPATCH)[1]
-               for shape in SHAPES}
+    shipped = {shape: base.decide(device, "gemv", 1, shape[1], shape[0], GROUP)[1] for shape in SHAPES}
 
     with torch.no_grad():
         static, position = prefilled_static_cache(model, prompt)
@@ -102,12 +101,12 @@ def main() -> None:
             return compiled_once().logits
 
         started = time.perf_counter()
-        use_tiles(shipped, scratch, model)
+        use_tiles(shipped, plan, model)
         reference = compiled_step().double()
         compile_s = time.perf_counter() - started
 
         def step_us(tiles: dict[tuple[int, int], MatmulConfig], step: Callable[[], Any] = compiled_step) -> float:
-            use_tiles(tiles, scratch, model)
+            use_tiles(tiles, plan, model)
             logits = step().double()
             err = float((logits - reference).norm() / reference.norm())
             assert err < 1e-2, (tiles, err)
@@ -148,7 +147,12 @@ def main() -> None:
             final["shipped_uncompiled"].append(step_us(shipped, eager_step))
             final["adopted_uncompiled"].append(step_us(adopted, eager_step))
     result["final_us"] = final
-    result["entries"] = [dict(layout="gemv", K=k, N=n, G=GROUP, M=1, config=vars(cfg)) for (k, n), cfg in adopted.items()]
+    result["tiles"] = [dict(layout="gemv", K=k, N=n, G=GROUP, M=1, config=vars(cfg)) for (k, n), cfg in adopted.items()]
+    if args.save is not None:
+        gpu = cuda_device(0)
+        assert gpu.capability is not None
+        save_measurement(gpu.name, (gpu.capability.major, gpu.capability.minor), multiprocessors=gpu.multiprocessors,
+                         tiles=result["tiles"], path=args.save)
     print("decode step, CUDA graph (us): " + "; ".join(f"{name} {statistics.median(v):.0f} "
                                                       f"({'/'.join(f'{x:.0f}' for x in v)})" for name, v in final.items()))
     (args.out / "model-tiles.json").write_text(json.dumps(result, indent=1))

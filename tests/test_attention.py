@@ -90,20 +90,21 @@ def test_splits_put_their_tickets_back() -> None:
         q, k, v = inputs(2, 4, 4, keys, 32, torch.float16, seed)
         out = A.decode_attention(q, k, v, None, config=MANY_SPLITS)
         assert rel_err(out, A.reference_decode_attention(q, k, v)) < 2e-3
-    assert MANY_SPLITS.splits(40, 8, torch.device(DEVICE)) == (16, 16, 3)
+    assert MANY_SPLITS.splits(40, 8, 4) == (16, 16, 3)
     for _, _, tickets in A._WORKSPACES.values():
         assert int(tickets.abs().sum()) == 0
 
 
 def test_splits_spread_the_keys_over_the_gpu() -> None:
-    cpu = torch.device("cpu")
+    sms = 132  # an H100's
     h100 = A.DecodeAttentionConfig(programs=528)  # the default's 4 programs per SM of an H100
-    assert h100.splits(144, 32, cpu) == (32, 32, 5)  # 160 programs of one step each
-    assert h100.splits(1040, 32, cpu) == (64, 64, 17)  # 544 programs
-    assert h100.splits(4096, 32, cpu) == (64, 256, 16)  # 512 programs of 4 steps
-    assert h100.splits(100, 1024, cpu) == (64, 128, 1)  # enough heads: one split each
-    assert A.DecodeAttentionConfig(block_n=32, programs=264).splits(4096, 32, cpu) == (32, 480, 9)
-    assert h100.splits(1, 1, cpu) == (32, 32, 1)
+    assert A.DEFAULT_CONFIG.splits(1040, 32, sms) == h100.splits(1040, 32, sms)
+    assert h100.splits(144, 32, sms) == (32, 32, 5)  # 160 programs of one step each
+    assert h100.splits(1040, 32, sms) == (64, 64, 17)  # 544 programs
+    assert h100.splits(4096, 32, sms) == (64, 256, 16)  # 512 programs of 4 steps
+    assert h100.splits(100, 1024, sms) == (64, 128, 1)  # enough heads: one split each
+    assert A.DecodeAttentionConfig(block_n=32, programs=264).splits(4096, 32, sms) == (32, 480, 9)
+    assert h100.splits(1, 1, sms) == (32, 32, 1)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -192,3 +193,22 @@ def test_compiled_decode_step_matches_the_uncompiled_model() -> None:
             logits.append(forward(input_ids=prompt[:, -1:], past_key_values=cache,
                                   cache_position=torch.tensor([9], device=DEVICE)).logits)
     assert rel_err(logits[1], logits[0].double()) < (1e-2 if GPU else 2e-3)  # inductor's fp16 fusions round differently
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="two CUDA streams")
+def test_decode_attention_on_two_streams_at_once_keeps_their_splits_apart() -> None:
+    """Two sequences' decode steps on two streams, interleaved so that they overlap: each
+    merges only its own splits."""
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    cases = [inputs(1, 32, 32, 2048, 128, torch.float16, seed) for seed in (31, 32)]
+    torch.cuda.synchronize()
+    outs: list[list[torch.Tensor]] = [[], []]
+    for _ in range(100):
+        for i, (stream, (q, k, v)) in enumerate(zip(streams, cases)):
+            with torch.cuda.stream(stream):
+                outs[i].append(A.decode_attention(q, k, v, multiprocessors=132))
+    torch.cuda.synchronize()
+    for (q, k, v), results in zip(cases, outs):
+        ref = A.reference_decode_attention(q, k, v)
+        assert max(rel_err(out, ref) for out in results) < 2e-3

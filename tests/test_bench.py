@@ -201,7 +201,7 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: py
     def broken_dump(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(measured.json, "dump", broken_dump)
+    monkeypatch.setattr(measured, "dumps", broken_dump)
     with pytest.raises(OSError, match="disk full"):
         save_crossover(MeasuredCrossover("NVIDIA H100 80GB HBM3", (9, 0), 2), tmp_path / "m.json")
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []

@@ -16,6 +16,7 @@ from torch import nn
 
 from awq_kernel_select import layouts as L
 from awq_kernel_select.kernels import op
+from awq_kernel_select.kernels.dispatch import default_plan
 from awq_kernel_select.modules import LAYOUT_CLASSES
 
 GPU = torch.cuda.is_available()
@@ -52,7 +53,7 @@ def test_fake_tensor_and_schema_agree() -> None:
     module = random_module("gemv", True, seed=3)
     x = torch.randn(3, K, device=DEVICE, dtype=torch.float16)
     args = (x, module.qweight, module.qzeros, module.scales, module.bias, "gemv", K, N, G, "auto",
-            *op.policy_args())
+            op.plan_handle(default_plan(x.device)))
     torch.library.opcheck(torch.ops.awq_kernel_select.linear.default, args)
 
 

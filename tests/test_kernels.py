@@ -13,7 +13,7 @@ import torch
 
 from awq_kernel_select import layouts as L
 from awq_kernel_select.kernels import awq_linear
-from awq_kernel_select.kernels.dispatch import DispatchPolicy, choose_path, gemv_config
+from awq_kernel_select.kernels.dispatch import DispatchPolicy, choose_path, default_plan, gemv_config
 from awq_kernel_select.kernels.matmul import _WORKSPACES, MatmulConfig
 
 GPU = torch.cuda.is_available()
@@ -261,7 +261,7 @@ def test_dequant_path_in_column_chunks(layout: str) -> None:
     bias = torch.randn(n, device=DEVICE, dtype=torch.float16)
     policy = DispatchPolicy(dequant_chunk_bytes=2 * k * 128, dequant_chunk_min_cols=0)  # 128 columns a chunk
     for b in (None, bias):
-        out = awq_linear(x, packed, b, path="dequant", policy=policy)
+        out = awq_linear(x, packed, b, path="dequant", plan=default_plan(x.device).with_policy(policy))
         ref = x.double() @ ref_w.t() + (b.double() if b is not None else 0)
         assert rel_err(out, ref) < TOL
 
@@ -347,7 +347,7 @@ def test_kept_launch_takes_x_as_is_and_returns_the_output_in_its_shape(monkeypat
     if epilogue == "none":  # the kernel's output is what is returned
         assert launches == [(x.data_ptr(), again.data_ptr())]
     monkeypatch.setattr(op, "_KEPT", {})
-    args = (mod.qweight, mod.qzeros, mod.scales, None, layout, k, n, 64, "auto", *op.policy_args(), epilogue)
+    args = (mod.qweight, mod.qzeros, mod.scales, None, layout, k, n, 64, "auto", 0, epilogue)
     assert op._linear(x, *args).shape == (2, 1, width) and len(op._KEPT) == 1  # type: ignore[arg-type]
     assert op._linear(x, *args).shape == (2, 1, width) and len(launches) == 2  # type: ignore[arg-type]
 
@@ -365,111 +365,6 @@ def test_drop_kept_launches_forgets_the_modules_and_the_operators(monkeypatch: p
         layer._replays[("a key",)] = lambda x: x
     drop_kept_launches(model)
     assert not op._KEPT and not any(layer._replays for layer in model)
-
-
-def test_tuned_table_lookup_falls_back_to_the_next_bucket(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """M = 5..8 with no bucket-8 entry uses bucket 16's; never crosses into the M > 16 regime."""
-    import json
-
-    from awq_kernel_select.kernels import dispatch
-
-    entry = {"layout": "gemm", "K": 64, "N": 32, "G": 32, "M": 16, "us": 1.0,
-             "config": {"block_m": 16, "block_n": 32, "block_k": 32, "split_k": 2}}
-    big = dict(entry, M=64, path="dequant", config=dict(entry["config"], block_m=64))
-    (tmp_path / "t.json").write_text(json.dumps({"gpu": "Fake GPU", "entries": [entry, big]}))
-    monkeypatch.setenv("AWQ_KERNEL_SELECT_TUNED", str(tmp_path / "t.json"))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
-    monkeypatch.setattr(dispatch, "device_chip", lambda device: dispatch.Chip((9, 0), 132))
-    dispatch._tuned_table.cache_clear()
-    try:
-        cuda = torch.device("cuda")
-        assert dispatch.tuned_entry(cuda, "gemm", 7, 32, 64, 32).config.block_m == 16  # type: ignore[union-attr]
-        assert dispatch.tuned_entry(cuda, "gemm", 17, 32, 64, 32).path == "dequant"  # type: ignore[union-attr]
-        assert dispatch.tuned_entry(cuda, "gemm", 100, 32, 64, 32) is None  # no bucket >= 128
-        assert dispatch.tuned_entry(cuda, "gemv", 7, 32, 64, 32) is None
-    finally:
-        dispatch._tuned_table.cache_clear()
-
-
-def test_a_gpu_without_a_table_uses_a_same_chip_gpus_and_says_so(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Exact name first; else the table of a GPU model with the same capability and SM count
-    (the H200 takes the H100 SXM's); another SM count, or a file that records no chip, none."""
-    import json
-
-    import os
-
-    from awq_kernel_select.detect import ComputeCapability
-    from awq_kernel_select.kernels import dispatch
-    from awq_kernel_select.probes import Target
-    from awq_kernel_select.select import _tile_table_reason
-
-    def table(gpu: str, block_n: int, chip: dict[str, object] | None) -> dict[str, object]:
-        entry = {"layout": "gemv", "K": 64, "N": 32, "G": 32, "M": 1, "us": 1.0,
-                 "config": {"block_m": 1, "block_n": block_n, "block_k": 32, "split_k": 2}}
-        return {"gpu": gpu, "entries": [entry], **({"chip": chip} if chip else {})}
-
-    hopper = {"capability": [9, 0], "multiprocessors": 132}
-    files = {"a.json": table("GPU A", 32, hopper), "b.json": table("GPU B", 64, hopper),
-             "old.json": table("GPU Old", 16, None)}
-    for name, doc in files.items():
-        (tmp_path / name).write_text(json.dumps(doc))
-    monkeypatch.setenv("AWQ_KERNEL_SELECT_TUNED", os.pathsep.join(str(tmp_path / n) for n in files))
-    chip = dispatch.Chip((9, 0), 132)
-    dispatch._tuned_table.cache_clear()
-    try:
-        own = dispatch._tuned_table("GPU B", chip)
-        assert own is not None and own.gpu == "GPU B" and not own.same_chip_fallback
-        assert own.entries[("gemv", 64, 32, 32, 1)].config.block_n == 64
-        sibling = dispatch._tuned_table("GPU New", chip)
-        assert sibling is not None and sibling.gpu == "GPU A" and sibling.same_chip_fallback  # first in file order
-        assert sibling.entries[("gemv", 64, 32, 32, 1)].config.block_n == 32
-        assert "tuned on GPU A (the same chip: sm_90, 132 SMs" in sibling.describe()
-        assert dispatch._tuned_table("GPU New", dispatch.Chip((9, 0), 114)) is None
-        assert dispatch._tuned_table("GPU New", dispatch.Chip((8, 0), 132)) is None
-        assert dispatch._tuned_table("GPU New") is None  # no chip given: no fallback
-        assert dispatch._tuned_table("GPU Old", dispatch.Chip((7, 5), 40)).gpu == "GPU Old"  # type: ignore[union-attr]
-
-        # select_kernel names the table where the GPU it selects for is this process's
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU New")
-        monkeypatch.setattr(dispatch, "device_chip", lambda device: chip)
-        target = Target("cuda", ComputeCapability(9, 0), "sm_90", "GPU New")
-        assert "tuned on GPU A" in (_tile_table_reason(target) or "")
-        monkeypatch.setattr(dispatch, "device_chip", lambda device: dispatch.Chip((9, 0), 114))
-        assert "heuristic tiles" in (_tile_table_reason(target) or "")
-        assert _tile_table_reason(Target("cuda", ComputeCapability(9, 0), "sm_90", "Another GPU")) is None
-    finally:
-        dispatch._tuned_table.cache_clear()
-
-
-def test_the_shipped_h100_table_serves_the_h200() -> None:
-    """Measured on an H200 (docs/data/kernels-h200-m1.json, docs/kernels.md): the H100's M = 1 tiles ran
-    1.89-2.75x fp16 there against the heuristic's 1.86-2.45x. The 114-SM H100 PCIe gets none."""
-    from awq_kernel_select.kernels import dispatch
-
-    dispatch._tuned_table.cache_clear()
-    h200 = dispatch._tuned_table("NVIDIA H200", dispatch.Chip((9, 0), 132))
-    assert h200 is not None and h200.gpu == "NVIDIA H100 80GB HBM3" and h200.same_chip_fallback
-    assert dispatch._tuned_table("NVIDIA H100 PCIe", dispatch.Chip((9, 0), 114)) is None
-    dispatch._tuned_table.cache_clear()
-
-
-def test_shipped_tuned_tables_hold_only_tiles_the_kernels_accept() -> None:
-    """Every entry of every shipped table is a tile its layout's kernel runs at its shape (a bad
-    entry would only fail on that GPU, at that shape); its path, if any, is one auto may take."""
-    import json
-
-    from awq_kernel_select.kernels import dispatch
-    from awq_kernel_select.kernels.matmul import _geometry
-
-    tables = sorted(dispatch.TUNED_DIR.glob("*.json"))
-    assert tables
-    for table in tables:
-        for e in json.loads(table.read_text())["entries"]:
-            cfg = MatmulConfig(**e["config"])
-            _, _, split_k = _geometry(cfg, e["layout"] == "gemv", e["G"], e["M"], e["N"], e["K"])
-            assert 1 <= split_k <= cfg.split_k, (table.name, e)
-            assert e.get("path") in (None, "gemm", "dequant"), (table.name, e)
 
 
 @pytest.mark.gpu
@@ -494,3 +389,49 @@ def test_pdl_launches_match_float64(monkeypatch: pytest.MonkeyPatch) -> None:
             for out_e, out_g, w in zip(eager, captured, refs_w):
                 ref = x.double() @ w.t()
                 assert rel_err(out_e, ref) < TOL and rel_err(out_g, ref) < TOL, (layout, m)
+
+
+def test_each_stream_has_its_own_split_k_workspace() -> None:
+    """Launches on one stream are ordered, on two they may overlap: the partial sums and tickets
+    of split-K are per stream (the linears' and the decode attention's)."""
+    from awq_kernel_select.kernels import attention
+    from awq_kernel_select.kernels.matmul import _workspace
+
+    dev = torch.device("cpu")
+    first, again, other = (_workspace(dev, s, 16, 64, 4) for s in (101, 101, 102))
+    assert first[0] is again[0] and first[0].data_ptr() != other[0].data_ptr()
+    assert first[1].data_ptr() != other[1].data_ptr()
+    first_a, other_a = (attention._workspace(dev, s, 8, 32, 2) for s in (101, 102))
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(first_a, other_a))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="two CUDA streams")
+@pytest.mark.parametrize("kept", [False, True])
+def test_one_layer_run_on_two_streams_at_once_keeps_their_sums_apart(kept: bool) -> None:
+    """Two requests served concurrently: the same split-K layer on two streams, launches
+    interleaved so that they overlap on the GPU; each output matches float64 every time,
+    through a fresh dispatch and through the kept launch (made on the other stream)."""
+    from awq_kernel_select.modules import AKSLinearGEMV
+
+    k, n = 4096, 4096
+    packed = random_packed(k, n, 128, "gemv", seed=21)
+    assert default_plan(torch.device(DEVICE)).decide(torch.device(DEVICE), "gemv", 1, n, k, 128)[1].split_k > 1
+    module = AKSLinearGEMV.from_packed(packed)
+    ref_w = L.dequantize(packed, torch.float64)
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    xs = [torch.randn(1, k, device=DEVICE, dtype=torch.float16) for _ in streams]
+    call = module if kept else (lambda x: awq_linear(x, packed))
+    if kept:
+        with torch.cuda.stream(streams[0]):
+            module(xs[0])  # the launch is kept from stream 0 and repeated on both
+    torch.cuda.synchronize()
+    outs: list[list[torch.Tensor]] = [[], []]
+    for _ in range(200):
+        for i, (stream, x) in enumerate(zip(streams, xs)):
+            with torch.cuda.stream(stream):
+                outs[i].append(call(x))
+    torch.cuda.synchronize()
+    for x, results in zip(xs, outs):
+        ref = x.double() @ ref_w.t()
+        assert max(rel_err(out, ref) for out in results) < TOL

@@ -14,7 +14,7 @@ from torch import nn
 from .. import __version__
 from ..attention import use_decode_attention
 from ..fuse import fuse_projections
-from ..measured import MeasuredCrossover, save_crossover
+from ..measured import MeasuredCrossover, save_measurement
 from ..modules import set_layout, set_path
 from ..probes import check
 from ..select import select_kernel
@@ -125,9 +125,9 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         description = f"checkpoint {cfg.model}"
     selection = select_kernel(workload="interactive", device=None if on_gpu else "cpu", use_measured=False)
     if on_gpu:
-        from ..kernels.dispatch import tile_table_note
+        from ..kernels.dispatch import default_plan
 
-        notes.append(f"ours: {tile_table_note(device)}")
+        notes.append(f"ours: {default_plan(device).describe()}")
         variants["aks_gemm"] = set_layout(quantized, "gemm")
         import copy
 
@@ -220,7 +220,8 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
 
             entry = MeasuredCrossover(props.name, (props.major, props.minor), cross,
                                       time.strftime("%Y-%m-%d", time.gmtime()), _nvml_driver_version(), _versions())
-            path = save_crossover(entry)
+            path = save_measurement(props.name, (props.major, props.minor), crossover=entry,
+                                    multiprocessors=props.multi_processor_count)
             notes.append(f"measured crossover saved to {path}; select_kernel uses it on this GPU")
     return BenchResult(str(device), gpu, description, on_gpu, single, sweep, kind, cross, auto_kernel, floor,
                        bandwidth, _versions(), notes, time.time() - started)

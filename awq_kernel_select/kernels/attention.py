@@ -29,9 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import _sm_count
 from .launch import interpreting, launch
-from .matmul import _cdiv, _wait_for_previous_kernel, pdl_capable
+from .matmul import _cdiv, _wait_for_previous_kernel, TRITON_HAS_PDL, current_stream
 
 LOG2E = 1.4426950408889634
 
@@ -128,10 +127,11 @@ class DecodeAttentionConfig:
     programs: int | None = None  # None: 4 per SM of the GPU
     num_warps: int = 4
 
-    def splits(self, kv_len: int, heads_total: int, device: torch.device) -> tuple[int, int, int]:
-        """``(block_n, keys_per_split, n_splits)`` for ``heads_total`` (sequence, head) pairs."""
-        # off the GPU (the interpreter) _sm_count says 4: a few splits, so that the tests see the merge
-        target = self.programs if self.programs is not None else 4 * _sm_count(device)
+    def splits(self, kv_len: int, heads_total: int, multiprocessors: int) -> tuple[int, int, int]:
+        """``(block_n, keys_per_split, n_splits)`` for ``heads_total`` (sequence, head) pairs on a
+        GPU of ``multiprocessors`` SMs (the interpreter's plan says 4: a few splits, so that the
+        tests see the merge)."""
+        target = self.programs if self.programs is not None else 4 * multiprocessors
         per_head = max(1, _cdiv(target, heads_total))
         block_n = self.block_n or (64 if _cdiv(kv_len, per_head) > 32 else 32)
         wanted = min(per_head, _cdiv(kv_len, block_n), 64)
@@ -142,15 +142,16 @@ class DecodeAttentionConfig:
 DEFAULT_CONFIG = DecodeAttentionConfig()
 
 
-_WORKSPACES: dict[tuple[torch.device, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_WORKSPACES: dict[tuple[torch.device, int, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _workspace(device: torch.device, slots: int, head_dim: int, heads_total: int
+def _workspace(device: torch.device, stream: int, slots: int, head_dim: int, heads_total: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Partial sums ``[slots, head_dim]``, their ``(m, l)`` and a zero ticket per head, shared
-    by every launch of these sizes on the device (launches on one stream are ordered). Never
+    by every launch of these sizes on one stream (launches on a stream are ordered; another
+    stream gets its own, so concurrent requests never merge each other's splits). Never
     replaced: a CUDA graph that captured them keeps their addresses."""
-    key = (device, slots, head_dim, heads_total)
+    key = (device, stream, slots, head_dim, heads_total)
     found = _WORKSPACES.get(key)
     if found is None:
         found = (torch.empty(slots * head_dim, dtype=torch.float32, device=device),
@@ -185,7 +186,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                     scale: float | None = None, *, pdl: bool = False,
+                     scale: float | None = None, *, pdl: bool = False, multiprocessors: int = 4,
                      config: DecodeAttentionConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """``softmax(q k^T * scale + mask) v`` for one query token per sequence.
 
@@ -193,7 +194,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     contiguous), ``mask`` ``[B or 1, H or 1, 1, >= L]`` (the first ``L`` columns are used; bool
     True = attend, or added to the scores), ``scale`` default ``D ** -0.5``. Returns
     ``[B, 1, H, D]`` in q's dtype (what transformers' attention functions return). ``pdl``
-    launches with programmatic dependent launch where the GPU has it (sm90+)."""
+    launches with programmatic dependent launch (the caller has checked that the GPU has it,
+    sm90+); ``multiprocessors``: the GPU's SM count, which sets how far the keys are split
+    (both from the device's ``DispatchPlan``)."""
     _check_inputs(q, k, v, mask)
     batch, heads, _, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
@@ -209,15 +212,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         stride_mh = mask_t.stride(1) if mask_t.shape[1] > 1 else 0
     out = torch.empty(batch, 1, heads, head_dim, dtype=q.dtype, device=q.device)
     heads_total = batch * heads
-    block_n, keys_per_split, n_splits = config.splits(kv_len, heads_total, q.device)
+    block_n, keys_per_split, n_splits = config.splits(kv_len, heads_total, multiprocessors)
     max_splits = triton.next_power_of_2(n_splits)
     if n_splits > 1:
-        partial, stats, tickets = _workspace(q.device, heads_total * max_splits, head_dim, heads_total)
+        partial, stats, tickets = _workspace(q.device, current_stream(q.device), heads_total * max_splits, head_dim,
+                                             heads_total)
     else:
         partial = stats = tickets = out  # unused
     scale = head_dim ** -0.5 if scale is None else scale
     use_ptx = q.is_cuda and torch.version.hip is None and not interpreting()
-    pdl = use_ptx and pdl and pdl_capable(q.device)
+    pdl = use_ptx and pdl and TRITON_HAS_PDL
     args = (q, k, v, mask_t, out, partial, stats, tickets, kv_len, keys_per_split, n_splits, scale * LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
             stride_mb, stride_mh, out.stride(0), out.stride(2))

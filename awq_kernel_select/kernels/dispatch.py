@@ -12,18 +12,17 @@ dequant    Triton dequantize to fp16 (in L2-sized       M >= 256 (prefill)
 torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
 =========  ===========================================  =====================================
 
-The thresholds live in :class:`DispatchPolicy`. Where ``kernels/tuned/<gpu>.json`` has an
-entry for the shape (from ``benchmarks/kernels.py --sweep``), its tile configuration is used,
-and for 16 < M < 1024 its measured choice between the fused kernel and dequantize + cuBLAS.
+The thresholds live in :class:`DispatchPolicy`, and a :class:`DispatchPlan` (one per GPU, built
+at selection from the measured facts of that GPU: :mod:`awq_kernel_select.measured`) holds them
+with the tiles measured best per shape. Where the plan has an entry for the shape, its tile
+configuration is used, and for 16 < M < 1024 its measured choice between the fused kernel and
+dequantize + cuBLAS.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -31,6 +30,7 @@ import torch
 from ..layouts import PackedWeights
 from .dequant import dequantize_triton
 from .launch import interpreting
+from . import matmul
 from .matmul import MatmulConfig, Replay, awq_matmul_with_replay
 from .reference import EPILOGUES, Epilogue, apply_epilogue, output_width, reference_linear
 
@@ -70,13 +70,6 @@ def triton_usable(device: torch.device) -> bool:
 
 def choose_path(m: int, device: torch.device, policy: DispatchPolicy = DEFAULT_DISPATCH) -> KernelPath:
     return policy.path_for(m) if triton_usable(device) else "torch"
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).multi_processor_count)
-    return 4  # the interpreter: keep grids small
 
 
 def _pow2_floor(v: int) -> int:
@@ -125,10 +118,7 @@ def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> M
     return MatmulConfig(block_m, 128, block_k, 1, 8 if block_m == 128 else 4, 3)
 
 
-#: Tile configurations measured best per GPU by ``benchmarks/kernels.py --sweep`` (shipped
-#: JSON, one file per GPU model). ``AWQ_KERNEL_SELECT_TUNED`` names other files instead.
-TUNED_DIR = Path(__file__).parent / "tuned"
-M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # the M each entry was tuned at; a call uses the next one up
+M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # the M each tile entry was tuned at; a call uses the next one up
 TableKey = tuple[str, int, int, int, int]  # layout, K, N, group size, M bucket
 
 
@@ -142,129 +132,96 @@ class TunedEntry:
     path: KernelPath | None  # for M > 16: whether the fused kernel or dequantize + cuBLAS won
 
 
-@dataclass(frozen=True)
-class Chip:
-    """What tiles depend on: the instruction set and how many SMs a grid is spread over. GPU
-    models that share both (the H100 SXM and the H200: GH100 with 132 SMs; not the 114-SM H100
-    PCIe) run the same tiles best but for their memory's speed."""
+@dataclass(frozen=True, eq=False)
+class DispatchPlan:
+    """How this library's linears run on one GPU: the thresholds between the paths, the tiles
+    measured best on this chip (:mod:`awq_kernel_select.measured` reads them), how many SMs a grid
+    is spread over and whether launches may use programmatic dependent launch (sm90+).
 
-    capability: tuple[int, int]
-    multiprocessors: int
+    :func:`~awq_kernel_select.select_kernel` builds it for the GPU it selects for
+    (``Selection.plan``) and ``load_quantized`` hands it to every layer; the kernels never ask
+    which GPU they are on. A plan decides each call shape once and remembers the answer."""
 
-    def __str__(self) -> str:
-        return f"sm_{self.capability[0]}{self.capability[1]}, {self.multiprocessors} SMs"
+    policy: DispatchPolicy = DEFAULT_DISPATCH
+    tiles: Mapping[TableKey, TunedEntry] = field(default_factory=dict)
+    multiprocessors: int = 4  # off the GPU (the interpreter): small grids
+    pdl_capable: bool = False
+    gpu: str | None = None
+    tiles_note: str = "heuristic tiles"
+    crossover_tokens: int | None = None  # where the GEMM layout overtakes the GEMV layout, if measured
+    _decided: dict[tuple[object, ...], tuple[KernelPath, MatmulConfig]] = field(
+        default_factory=dict, init=False, repr=False)
 
+    def with_policy(self, policy: DispatchPolicy) -> DispatchPlan:
+        return replace(self, policy=policy)
 
-@dataclass(frozen=True)
-class TunedTable:
-    """The tuned tiles one GPU's calls use: measured on ``gpu`` (this GPU, or, where it has no
-    table of its own, another model of the same :class:`Chip`), read from ``files``. ``chip``:
-    the chip of the GPU served (None where it was not asked for)."""
+    def forget(self) -> None:
+        """Drop the decided call shapes, after ``tiles`` (a dict) was changed in place: the tuner
+        does this to try tiles inside a compiled model without recompiling it."""
+        self._decided.clear()
 
-    gpu: str
-    chip: Chip | None
-    same_chip_fallback: bool
-    files: tuple[str, ...]
-    entries: dict[TableKey, TunedEntry]
-
-    def describe(self) -> str:
-        where = ", ".join(Path(f).name for f in self.files)
-        if self.same_chip_fallback:
-            return (f"tile table tuned on {self.gpu} (the same chip: {self.chip}; this GPU has no table of its "
-                    f"own: {where})")
-        return f"tile table tuned on this GPU model ({where})"
-
-
-def _chip_of(data: dict[str, object]) -> Chip | None:
-    chip = data.get("chip")
-    if not isinstance(chip, dict):
+    def tuned_entry(self, layout: str, m: int, n: int, k: int, g: int) -> TunedEntry | None:
+        """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not)."""
+        bucket = m_bucket(m)
+        for b in M_BUCKETS[M_BUCKETS.index(bucket):]:
+            if (b <= 16) != (bucket <= 16):
+                break
+            found = self.tiles.get((layout, k, n, g, b))
+            if found is not None:
+                return found
         return None
-    major, minor = chip["capability"]
-    return Chip((int(major), int(minor)), int(chip["multiprocessors"]))
 
+    def config_for(self, path: KernelPath, layout: str, m: int, n: int, k: int, g: int) -> MatmulConfig:
+        """The tuned configuration for this shape if the plan has one, else the heuristic."""
+        found = self.tuned_entry(layout, m, n, k, g)
+        if found is not None and (path == "gemv") == (m_bucket(m) <= 16):
+            return found.config
+        if path == "gemv":
+            return gemv_config(m, n, k, g, layout == "gemv", self.multiprocessors)
+        return gemm_config(m, n, k, g, layout == "gemv")
 
-@functools.lru_cache(maxsize=None)
-def _tuned_table(device_name: str, chip: Chip | None = None) -> TunedTable | None:
-    """The table of ``device_name``; else, with ``chip`` given, the first GPU model's (in file
-    order) whose files record that chip. Entries of later files win."""
-    custom = os.environ.get("AWQ_KERNEL_SELECT_TUNED")  # files separated by os.pathsep; later wins
-    files = [Path(f) for f in custom.split(os.pathsep) if f] if custom else sorted(TUNED_DIR.glob("*.json"))
-    documents = [(path, json.loads(path.read_text())) for path in files]
-    ours = [(path, data) for path, data in documents if data.get("gpu") == device_name]
-    fallback = not ours and chip is not None
-    if fallback:
-        sibling = next((data["gpu"] for _, data in documents if _chip_of(data) == chip), None)
-        ours = [(path, data) for path, data in documents if sibling is not None and data.get("gpu") == sibling]
-    if not ours:
-        return None
-    entries: dict[TableKey, TunedEntry] = {}
-    for _, data in ours:
-        for e in data["entries"]:
-            entries[(e["layout"], e["K"], e["N"], e["G"], e["M"])] = TunedEntry(MatmulConfig(**e["config"]),
-                                                                               e.get("path"))
-    return TunedTable(str(ours[0][1]["gpu"]), chip, fallback, tuple(str(path) for path, _ in ours), entries)
-
-
-@functools.lru_cache(maxsize=None)
-def device_chip(device: torch.device) -> Chip:
-    props = torch.cuda.get_device_properties(device)
-    return Chip((int(props.major), int(props.minor)), int(props.multi_processor_count))
-
-
-def tuned_table(device: torch.device) -> TunedTable | None:
-    """The tuned tiles this CUDA device's calls use (None: the heuristics of :func:`gemv_config`
-    and :func:`gemm_config` for every shape)."""
-    if device.type != "cuda":
-        return None
-    return _tuned_table(torch.cuda.get_device_name(device), device_chip(device))
-
-
-def tile_table_note(device: torch.device) -> str:
-    """One line for reports: which tuned tiles this CUDA device's calls use, or that none do."""
-    table = tuned_table(device)
-    if table is None:
-        return (f"no tuned tile table for {torch.cuda.get_device_name(device)}: heuristic tiles "
-                "(benchmarks/kernels.py --sweep measures a table)")
-    return table.describe()
-
-
-def tuned_entry(device: torch.device, layout: str, m: int, n: int, k: int, g: int) -> TunedEntry | None:
-    """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not)."""
-    table = tuned_table(device)
-    if table is None:
-        return None
-    bucket = m_bucket(m)
-    for b in M_BUCKETS[M_BUCKETS.index(bucket):]:
-        if (b <= 16) != (bucket <= 16):
-            break
-        found = table.entries.get((layout, k, n, g, b))
+    def decide(self, device: torch.device, layout: str, m: int, n: int, k: int, g: int,
+               path: KernelPath | Literal["auto"] = "auto") -> tuple[KernelPath, MatmulConfig]:
+        """The path and tile configuration for one call shape."""
+        key = (device.type, layout, m, n, k, g, path)
+        found = self._decided.get(key)
         if found is not None:
             return found
-    return None
+        chosen = choose_path(m, device, self.policy) if path == "auto" else path
+        if path == "auto" and chosen in ("gemm", "dequant") and m < self.policy.dequant_min_tokens * 4:
+            # between the regimes, what this GPU measured for this shape decides
+            entry = self.tuned_entry(layout, m, n, k, g)
+            if entry is not None and entry.path is not None:
+                chosen = entry.path
+        decided = (chosen, self.config_for("gemv" if chosen == "gemv" else "gemm", layout, m, n, k, g))
+        if len(self._decided) >= 4096:
+            self._decided.clear()
+        self._decided[key] = decided
+        return decided
+
+    def describe(self) -> str:
+        where = f" on {self.gpu}" if self.gpu else ""
+        return f"{self.tiles_note}; {self.multiprocessors} SMs{where}"
 
 
-def pick_config(device: torch.device, path: KernelPath, layout: str, m: int, n: int, k: int, g: int) -> MatmulConfig:
-    """The tuned configuration for this GPU and shape if there is one, else the heuristic."""
-    found = tuned_entry(device, layout, m, n, k, g)
-    if found is not None and (path == "gemv") == (m_bucket(m) <= 16):
-        return found.config
-    if path == "gemv":
-        return gemv_config(m, n, k, g, layout == "gemv", _sm_count(device))
-    return gemm_config(m, n, k, g, layout == "gemv")
+#: The plan off the GPU (plain torch, or Triton's interpreter with small grids).
+CPU_PLAN = DispatchPlan(tiles_note="no GPU: plain torch (or the interpreter's small grids)")
+
+_planner: Callable[[torch.device], DispatchPlan] | None = None
 
 
-@functools.lru_cache(maxsize=4096)
-def plan(device: torch.device, layout: str, m: int, n: int, k: int, g: int,
-         path: KernelPath | Literal["auto"], policy: DispatchPolicy) -> tuple[KernelPath, MatmulConfig]:
-    """The path and tile configuration for one call shape (cached: decode calls it per layer)."""
-    chosen = choose_path(m, device, policy) if path == "auto" else path
-    if path == "auto" and chosen in ("gemm", "dequant") and m < policy.dequant_min_tokens * 4:
-        # between the regimes, what this GPU measured for this shape decides
-        found = tuned_entry(device, layout, m, n, k, g)
-        if found is not None and found.path is not None:
-            chosen = found.path
-    config = pick_config(device, "gemv" if chosen == "gemv" else "gemm", layout, m, n, k, g)
-    return chosen, config
+def set_default_planner(planner: Callable[[torch.device], DispatchPlan]) -> None:
+    """Who builds the plan of a CUDA device for calls that bring none (a module built by hand,
+    a direct :func:`awq_linear`): :mod:`awq_kernel_select.measured` installs one that reads the
+    measured facts of that device's GPU model, so the kernels need not know which GPU they are on."""
+    global _planner
+    _planner = planner
+
+
+def default_plan(device: torch.device) -> DispatchPlan:
+    if device.type != "cuda" or _planner is None:
+        return CPU_PLAN
+    return _planner(device)
 
 
 def dequant_matmul(x: torch.Tensor, weights: PackedWeights, bias: torch.Tensor | None,
@@ -310,7 +267,7 @@ def awq_linear(
     bias: torch.Tensor | None = None,
     *,
     path: KernelPath | Literal["auto"] = "auto",
-    policy: DispatchPolicy = DEFAULT_DISPATCH,
+    plan: DispatchPlan | None = None,
     config: MatmulConfig | None = None,
     epilogue: Epilogue = "none",
 ) -> torch.Tensor:
@@ -318,9 +275,10 @@ def awq_linear(
     (``reference.Epilogue``); returns ``x.dtype``.
 
     ``path="auto"`` picks by the number of rows (see the module docstring); a named path is
-    honoured as asked, and ``config`` overrides the tile choice (benchmarks, tuning).
+    honoured as asked, and ``config`` overrides the tile choice (benchmarks, tuning). ``plan``:
+    the GPU's :class:`DispatchPlan` (default: the one built for ``x``'s device).
     """
-    return linear_with_replay(x, weights, bias, path=path, policy=policy, config=config, epilogue=epilogue)[0]
+    return linear_with_replay(x, weights, bias, path=path, plan=plan, config=config, epilogue=epilogue)[0]
 
 
 def linear_with_replay(
@@ -329,7 +287,7 @@ def linear_with_replay(
     bias: torch.Tensor | None = None,
     *,
     path: KernelPath | Literal["auto"] = "auto",
-    policy: DispatchPolicy = DEFAULT_DISPATCH,
+    plan: DispatchPlan | None = None,
     config: MatmulConfig | None = None,
     pdl: bool = False,
     epilogue: Epilogue = "none",
@@ -338,7 +296,8 @@ def linear_with_replay(
     launch for a new contiguous, 16-byte aligned input of the same shape and dtype with almost
     no Python in between, the output in its final shape ``[..., width]`` (what the modules and
     the operator keep per input shape in eager decode); None for the other paths.
-    ``pdl``: the fused paths launch with programmatic dependent launch (sm90+). ``epilogue``
+    ``pdl``: the fused paths launch with programmatic dependent launch where the plan says the
+    GPU has it (sm90+). ``epilogue``
     ``"silu_mul"`` halves the width: the GEMV layout's kernel makes it in its epilogue, the
     other paths in torch after the matmul."""
     if x.shape[-1] != weights.in_features:
@@ -353,22 +312,23 @@ def linear_with_replay(
     m = x2.shape[0]
     if m == 0:
         return x.new_zeros(*lead, width), None
-    chosen, planned = plan(x.device, weights.layout, m, weights.out_features, weights.in_features,
-                           weights.group_size, path, policy)
+    plan = default_plan(x.device) if plan is None else plan
+    chosen, planned = plan.decide(x.device, weights.layout, m, weights.out_features, weights.in_features,
+                                  weights.group_size, path)
     if chosen != "torch" and not triton_usable(x.device):
         raise RuntimeError(f"path {chosen!r} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
     replay: Replay | None = None
     if chosen == "torch":
         out = reference_linear(x2, weights, bias, epilogue=epilogue)
     elif chosen == "dequant":
-        out = apply_epilogue(dequant_matmul(x2, weights, bias, policy.dequant_chunk_bytes,
-                                            policy.dequant_chunk_min_cols).to(x.dtype), epilogue)
+        out = apply_epilogue(dequant_matmul(x2, weights, bias, plan.policy.dequant_chunk_bytes,
+                                            plan.policy.dequant_chunk_min_cols).to(x.dtype), epilogue)
     else:
         in_kernel = weights.layout == "gemv" or epilogue == "none"  # the kernel makes the epilogue (if any)
         out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,
                                              weights.layout == "gemv", weights.in_features,
                                              weights.out_features, weights.group_size, config or planned, None,
-                                             pdl=pdl, silu_mul=in_kernel and epilogue == "silu_mul",
+                                             pdl=(pdl or matmul.USE_PDL) and plan.pdl_capable, silu_mul=in_kernel and epilogue == "silu_mul",
                                              out_shape=(*lead, weights.out_features if not in_kernel else width))
         if not in_kernel:  # the GEMM layout's kernel has no epilogue: torch after it
             out = apply_epilogue(out, epilogue)

@@ -64,6 +64,9 @@ try:  # programmatic dependent launch (sm90+): Triton >= 3.4
 except ImportError:  # then PDL stays off and these are never compiled
     gdc_launch_dependents = gdc_wait = None
 
+#: this Triton has the PDL instructions (whether the GPU has them is the dispatch plan's to say)
+TRITON_HAS_PDL = gdc_wait is not None
+
 
 @dataclass(frozen=True)
 class MatmulConfig:
@@ -594,16 +597,27 @@ def _geometry(cfg: MatmulConfig, gemv_layout: bool, group_size: int, M: int, N: 
         raise ValueError(f"{cfg}: {m_blocks} x {n_blocks} output tiles; use larger tiles or the dequant path")
     return grid, k_iters, split_k
 
-_WORKSPACES: dict[tuple[torch.device, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_WORKSPACES: dict[tuple[torch.device, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _workspace(device: torch.device, rows: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+def current_stream(device: torch.device) -> int:
+    """The raw handle of the stream launches on ``device`` go to now (0 off the GPU)."""
+    if device.type != "cuda":
+        return 0
+    return int(torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else
+                                                   torch.cuda.current_device()))
+
+
+def _workspace(device: torch.device, stream: int, rows: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
     """An fp32 ``[rows, N]`` buffer and ``tiles`` tickets, all zero between launches.
 
-    Shared by every layer of the same width on a device; launches on one stream are ordered,
-    so sharing is safe. (Two streams running split-K layers of one width at once are not.)
+    Shared by every layer of the same width whose launches go to the same stream: launches on
+    one stream are ordered, so sharing is safe there. Each stream has its own, so that a model
+    run on two streams at once (two requests served concurrently) never mixes partial sums; a
+    CUDA graph captures the one of its capture stream and keeps it (it is never replaced, only
+    outgrown by a larger one for new launches).
     """
-    key = (device, rows, n)
+    key = (device, stream, rows, n)
     found = _WORKSPACES.get(key)
     if found is None or found[1].numel() < tiles:
         found = (torch.zeros(rows, n, dtype=torch.float32, device=device),
@@ -625,13 +639,6 @@ Replay = Callable[[torch.Tensor], torch.Tensor]
 USE_PDL = os.environ.get("AWQ_KERNEL_SELECT_PDL", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
-def pdl_capable(device: torch.device) -> bool:
-    """Hopper or newer, with a Triton that has the instructions (the caller has checked that
-    the launch is NVIDIA's, not interpreted: ``USE_PTX``)."""
-    return gdc_wait is not None and torch.cuda.get_device_capability(device)[0] >= 9
-
-
 def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
             bias: torch.Tensor | None, gemv_layout: bool, in_features: int, out_features: int,
             group_size: int, config: MatmulConfig, out_dtype: torch.dtype | None, pdl: bool = False,
@@ -643,7 +650,8 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     output in ``out_shape`` (default ``[M, N]``), straight through Triton's launcher (None where
     that is off). A caller that keeps it per input shape then needs no ``view`` on either side
     (two views cost ~2.4 us of host time per call, half of a kept launch's Python).
-    ``pdl`` (or ``USE_PDL``) launches with programmatic dependent launch where the GPU can.
+    ``pdl`` launches with programmatic dependent launch (the caller has checked that the GPU
+    has it, sm90+: ``DispatchPlan.pdl_capable``; ignored where Triton lacks the instructions).
     ``silu_mul`` (GEMV layout): the layer's rows are gate and up rows in turn, and the output
     is ``silu(gate) * up``, ``[M, N / 2]``, made in the kernel's epilogue.
 
@@ -669,8 +677,10 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     dtype = out_dtype or x.dtype
     width = N // 2 if silu_mul else N
     out = torch.empty(M, width, dtype=dtype, device=x.device)
+    stream = current_stream(x.device)
+    rows, tiles = max(M, 16), grid[0] * grid[1] * grid[2] // split_k
     if split_k > 1:
-        workspace, tickets = _workspace(x.device, max(M, 16), N, grid[0] * grid[1] * grid[2] // split_k)
+        workspace, tickets = _workspace(x.device, stream, rows, N, tiles)
     else:
         workspace, tickets = out, out  # unused
     sizes = (M, N, K, k_iters, split_k,
@@ -684,7 +694,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
     else:
         meta.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, EVEN_N=N % cfg.block_n == 0)
-    meta["PDL"] = pdl = use_ptx and (pdl or USE_PDL) and pdl_capable(x.device)
+    meta["PDL"] = pdl = use_ptx and pdl and TRITON_HAS_PDL
     if gemv_layout:
         meta.update(INTERLEAVE_K=cfg.interleave_k, SILU_MUL=silu_mul)
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
@@ -704,9 +714,14 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     def replay(x_new: torch.Tensor) -> torch.Tensor:
         out_new = torch.empty(shape, dtype=dtype, device=device)
         o = out_new.data_ptr()
-        ws, tk = spare if spare is not None else (o, o)
-        direct(grid, torch._C._cuda_getCurrentRawStream(index),
-               (x_new.data_ptr(), *fixed, o if bias_ptr is None else bias_ptr, o, ws, tk, *tail))
+        now = torch._C._cuda_getCurrentRawStream(index)
+        if spare is None:
+            ws, tk = o, o
+        elif now == stream:
+            ws, tk = spare
+        else:  # another stream: its own split-K scratch (kept alive by _WORKSPACES)
+            ws, tk = (t.data_ptr() for t in _workspace(device, now, rows, N, tiles))
+        direct(grid, now, (x_new.data_ptr(), *fixed, o if bias_ptr is None else bias_ptr, o, ws, tk, *tail))
         return out_new
 
     replay.keep_alive = scratch  # type: ignore[attr-defined]

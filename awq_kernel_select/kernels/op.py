@@ -26,16 +26,19 @@ import torch
 
 from ..layouts import PackedWeights
 from . import attention
-from .dispatch import DEFAULT_DISPATCH, DispatchPolicy, linear_with_replay
+from .dispatch import DispatchPlan, default_plan, linear_with_replay
 from .matmul import Replay
 from .reference import Epilogue, output_width
 
 SCHEMA = ("linear(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor? bias, str layout, "
-          "int in_features, int out_features, int group_size, str path, int gemv_max_tokens, "
-          "int dequant_min_tokens, int dequant_chunk_bytes, int dequant_chunk_min_cols, str epilogue=\"none\") -> Tensor")
+          "int in_features, int out_features, int group_size, str path, int plan=0, str epilogue=\"none\") -> Tensor")
 
 _library: Any = torch.library  # its functions carry no type hints
 ATTENTION_SCHEMA = "decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor"
+
+#: The plans the operator was called with, by handle (an operator takes no objects); a plan
+#: lives as long as the process (there is one per GPU and setting).
+_PLANS: dict[int, DispatchPlan] = {}
 
 _LIBRARY = _library.Library("awq_kernel_select", "DEF")
 _LIBRARY.define(SCHEMA)
@@ -50,10 +53,12 @@ def drop_kept() -> None:
     _KEPT.clear()
 
 
-def policy_args(policy: DispatchPolicy = DEFAULT_DISPATCH) -> tuple[int, int, int, int]:
-    """A dispatch policy as the operator's last four arguments (an operator takes no objects)."""
-    return (policy.gemv_max_tokens, policy.dequant_min_tokens, policy.dequant_chunk_bytes,
-            policy.dequant_chunk_min_cols)
+def plan_handle(plan: DispatchPlan | None) -> int:
+    """A dispatch plan as the operator's ``plan`` argument (0: the plan of the input's device)."""
+    if plan is None:
+        return 0
+    _PLANS[id(plan)] = plan
+    return id(plan)
 
 
 def inductor_pdl() -> bool:
@@ -72,20 +77,17 @@ def _same(refs: tuple[weakref.ref[torch.Tensor] | None, ...], tensors: tuple[tor
 
 def _linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
             bias: torch.Tensor | None, layout: str, in_features: int, out_features: int, group_size: int,
-            path: str, gemv_max_tokens: int, dequant_min_tokens: int, dequant_chunk_bytes: int,
-            dequant_chunk_min_cols: int, epilogue: str = "none") -> torch.Tensor:
+            path: str, plan: int = 0, epilogue: str = "none") -> torch.Tensor:
     """``x [..., K] @ W^T + bias``, then ``epilogue``, for one packed layer: what
-    :func:`awq_linear` computes."""
+    :func:`awq_linear` computes, on the plan whose handle is ``plan``."""
     layer = (qweight, qzeros, scales, bias)
     pdl = inductor_pdl()
-    key = (*(0 if t is None else t.data_ptr() for t in layer), x.shape, x.dtype, x.device, path,
-           gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols, pdl, epilogue)
+    key = (*(0 if t is None else t.data_ptr() for t in layer), x.shape, x.dtype, x.device, path, plan, pdl, epilogue)
     kept = _KEPT.get(key)
     if kept is not None and _same(kept[0], layer) and x.is_contiguous() and x.data_ptr() % 16 == 0:
         return kept[1](x)  # the output in its final shape
     weights = PackedWeights(layout, qweight, qzeros, scales, in_features, out_features, group_size)
-    policy = DispatchPolicy(gemv_max_tokens, dequant_min_tokens, dequant_chunk_bytes, dequant_chunk_min_cols)
-    out, replay = linear_with_replay(x, weights, bias, path=path, policy=policy, pdl=pdl,  # type: ignore[arg-type]
+    out, replay = linear_with_replay(x, weights, bias, path=path, plan=_PLANS.get(plan), pdl=pdl,  # type: ignore[arg-type]
                                      epilogue=epilogue)  # type: ignore[arg-type]
     if replay is not None:
         if len(_KEPT) >= _MAX_KEPT:
@@ -102,8 +104,7 @@ _LIBRARY.impl("linear", _linear, "CUDA")
 
 def _linear_shape(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                   bias: torch.Tensor | None, layout: str, in_features: int, out_features: int,
-                  group_size: int, path: str, gemv_max_tokens: int, dequant_min_tokens: int,
-                  dequant_chunk_bytes: int, dequant_chunk_min_cols: int, epilogue: str = "none") -> torch.Tensor:
+                  group_size: int, path: str, plan: int = 0, epilogue: str = "none") -> torch.Tensor:
     check: Any = torch._check
     check(x.shape[-1] == in_features, lambda: f"input has {x.shape[-1]} features, the layer expects {in_features}")
     return x.new_empty((*x.shape[:-1], output_width(out_features, epilogue)))
@@ -114,11 +115,11 @@ _library.register_fake("awq_kernel_select::linear")(_linear_shape)
 
 def linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
            bias: torch.Tensor | None, layout: str, in_features: int, out_features: int, group_size: int,
-           path: str = "auto", policy: DispatchPolicy = DEFAULT_DISPATCH, epilogue: Epilogue = "none"
+           path: str = "auto", plan: DispatchPlan | None = None, epilogue: Epilogue = "none"
            ) -> torch.Tensor:
     """Call the operator (what the modules do under ``torch.compile``)."""
     out: torch.Tensor = torch.ops.awq_kernel_select.linear(x, qweight, qzeros, scales, bias, layout, in_features,
-                                                       out_features, group_size, path, *policy_args(policy),
+                                                       out_features, group_size, path, plan_handle(plan),
                                                        epilogue)
     return out
 
@@ -126,8 +127,10 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales:
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                       scale: float) -> torch.Tensor:
     """One query token per sequence against the KV cache (``kernels/attention.py``), launched
-    with PDL where inductor uses it."""
-    return attention.decode_attention(q, k, v, mask, scale, pdl=inductor_pdl())
+    with PDL where inductor uses it and the device's plan says the GPU has it."""
+    plan = default_plan(q.device)
+    return attention.decode_attention(q, k, v, mask, scale, pdl=inductor_pdl() and plan.pdl_capable,
+                                      multiprocessors=plan.multiprocessors)
 
 
 def _decode_attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
