@@ -3,6 +3,7 @@
 from .detect import ComputeCapability, Detection, GpuInfo, detect_compute_capability
 from .policy import DEFAULT_TABLE, KernelSpec, PolicyTable, register_kernel
 from .probes import Target, Verdict, register_probe
+from .export import ExportError, ExportReport, export
 from .fuse import FuseReport, GatedMLP, fuse_projections
 from .load import load_quantized
 from .quantize import QuantizeReport, quantize
@@ -20,6 +21,8 @@ __all__ = [
     "ComputeCapability",
     "DEFAULT_TABLE",
     "Detection",
+    "ExportError",
+    "ExportReport",
     "FuseReport",
     "GatedMLP",
     "GpuInfo",
@@ -37,6 +40,7 @@ __all__ = [
     "Verdict",
     "Workload",
     "detect_compute_capability",
+    "export",
     "fuse_projections",
     "load_quantized",
     "quantize",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compressed import QUANT_METHOD, SchemeError, read_scheme
 from .layouts import CHECKPOINT_VERSIONS as VERSIONS
 from .stack import at_least, check_rope_fields, portable_config
 
@@ -32,6 +33,9 @@ class CheckpointInfo:
     #: config fields this transformers needs passed explicitly (RoPE settings a 5.x config holds
     #: only as ``rope_parameters``, which 4.x would silently read as the defaults)
     config_overrides: tuple[tuple[str, Any], ...] = ()
+    #: "autoawq", or "compressed-tensors" (W4A16 pack-quantized: ``compressed.py``), which
+    #: ``load_quantized`` converts losslessly to the GEMM layout first (``version`` says "gemm")
+    format: str = "autoawq"
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
@@ -60,8 +64,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     if quant is None:
         raise CheckpointError(f"{config_file} has no 'quantization_config': is this an AWQ checkpoint?")
     where = f"{config_file}: quantization_config"
+    files = tuple(sorted(root.glob("*.safetensors"))) or tuple(sorted(root.glob("pytorch_model*.bin")))
+    if str(quant.get("quant_method", "awq")).lower() == QUANT_METHOD:
+        return _compressed_info(root, config, quant, where, files, overrides)
     if str(quant.get("quant_method", "awq")).lower() != "awq":
-        raise CheckpointError(f"{where}.quant_method is {quant.get('quant_method')!r}, not 'awq'")
+        raise CheckpointError(f"{where}.quant_method is {quant.get('quant_method')!r}: this library reads 'awq' "
+                              f"(AutoAWQ) and {QUANT_METHOD!r} (W4A16) checkpoints")
     bits = quant.get("bits", quant.get("w_bit"))
     if bits != 4:
         raise CheckpointError(f"{where}.bits is {bits!r}: only 4-bit AWQ checkpoints are supported")
@@ -74,7 +82,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     zero_point = quant.get("zero_point", True)
     if not isinstance(zero_point, bool):
         raise CheckpointError(f"{where}.zero_point is {zero_point!r}: write true or false (JSON booleans, no quotes)")
-    files = tuple(sorted(root.glob("*.safetensors"))) or tuple(sorted(root.glob("pytorch_model*.bin")))
     if not files:
         raise CheckpointError(f"{root} has no weights: expected model.safetensors (or shards) or pytorch_model.bin")
     return CheckpointInfo(
@@ -83,3 +90,31 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
         modules_to_not_convert=tuple(quant.get("modules_to_not_convert") or ()),
         model_type=str(config.get("model_type", "")), weight_files=files, config_overrides=overrides,
     )
+
+
+def _compressed_info(root: Path, config: dict[str, Any], quant: dict[str, Any], where: str,
+                     files: tuple[Path, ...], overrides: tuple[tuple[str, Any], ...]) -> CheckpointInfo:
+    try:
+        scheme = read_scheme(quant, where)
+    except SchemeError as exc:
+        raise CheckpointError(str(exc)) from exc
+    if not files or any(f.suffix != ".safetensors" for f in files):
+        raise CheckpointError(f"{root} has no safetensors weights: a compressed-tensors checkpoint keeps them there")
+    return CheckpointInfo(
+        path=root, version="gemm", bits=4, group_size=scheme.group_size, zero_point=not scheme.symmetric,
+        modules_to_not_convert=not_converted(scheme.ignore), model_type=str(config.get("model_type", "")),
+        weight_files=files, config_overrides=overrides, format=QUANT_METHOD,
+    )
+
+
+def not_converted(ignore: tuple[str, ...]) -> tuple[str, ...]:
+    """compressed-tensors' ``ignore`` as AutoAWQ's ``modules_to_not_convert`` (names matched as
+    substrings of the layer-relative name): ``re:.*mlp.gate.*`` -> ``mlp.gate``; lm_head, which
+    AutoAWQ never quantizes, is dropped."""
+    names = []
+    for entry in ignore:
+        name = entry[3:] if entry.startswith("re:") else entry
+        name = name.removeprefix(".*").removesuffix(".*").replace("\\.", ".")
+        if name and name != "lm_head":
+            names.append(name)
+    return tuple(names)

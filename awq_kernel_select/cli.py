@@ -104,6 +104,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    check_transformers()
+    report = export(args.path, args.output, format=args.format, overwrite=args.overwrite)
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="awq-kernel-select",
@@ -133,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="what decides what can run here: GPUs, versions, probes, known failures")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=_cmd_doctor)
+    exp = sub.add_parser("export", help="a quantized checkpoint in another format (lossless): compressed-tensors "
+                                        "for vLLM and transformers 5, or AutoAWQ's GEMM layout")
+    exp.add_argument("path", help="an AutoAWQ (GEMM or GEMV) or compressed-tensors W4A16 checkpoint folder")
+    exp.add_argument("output", help="the folder to write (created; must be empty unless --overwrite)")
+    exp.add_argument("--format", choices=["compressed-tensors", "autoawq-gemm"], default="compressed-tensors")
+    exp.add_argument("--overwrite", action="store_true")
+    exp.set_defaults(func=_cmd_export)
     bench = sub.add_parser("bench", help="GEMM vs GEMV latency on a model (embedded 7B-shaped one by default)")
     from .bench.cli import add_arguments
 

@@ -9,11 +9,14 @@ changing one import. Where this library's kernels are selected, the linears are
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointError, CheckpointInfo, read_checkpoint
+from .compressed import QUANT_METHOD
 from .detect import detect_compute_capability
 from .modules import AWQLinear
 from .runners import LoadRequest, hand_to_autoawq
@@ -65,6 +68,9 @@ def load_quantized(
 ) -> Any:
     """Load an AutoAWQ checkpoint onto the selected kernel; a drop-in for ``from_quantized``.
 
+    A compressed-tensors W4A16 checkpoint (llm-compressor's; ``compressed.py``) loads too: it is
+    converted losslessly to AutoAWQ's GEMM layout in a temporary folder first.
+
     ``kernel="auto"`` asks :func:`select_kernel` (for ``workload``, default interactive);
     a row name (``"aks_gemv"``, ``"torch_dequant"``, ``"autoawq_gemm"``...) forces that kernel,
     still checked. The returned wrapper carries ``awq_kernel_selection`` (the Selection) and
@@ -85,6 +91,16 @@ def load_quantized(
     if layout not in (None, "gemm", "gemv"):
         raise ValueError(f"layout={layout!r}: use 'gemm', 'gemv' or None (the selected kernel's)")
     info = read_checkpoint(path)
+    if info.format == QUANT_METHOD:  # converted losslessly to AutoAWQ's GEMM layout, then loaded as one
+        from .export import export
+
+        with tempfile.TemporaryDirectory(prefix="aks-compressed-") as tmp:
+            export(path, Path(tmp) / "gemm", format="autoawq-gemm", progress=False)
+            wrapper = load_quantized(Path(tmp) / "gemm", kernel=kernel, workload=workload, device=device,
+                                     layout=layout, trust_remote_code=trust_remote_code, verify=verify,
+                                     **from_quantized_kwargs)
+        wrapper.awq_source_format = QUANT_METHOD
+        return wrapper
     dev = resolve_device(device)
     selection = _select(info, dev, kernel, workload)
     runner = selection.kernel.runner

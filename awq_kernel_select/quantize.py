@@ -20,9 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .atomic import check_output, write_atomically
 from .calibration import CalibrationSet, prepare_calibration
 from .layouts import calculate_zeros_width, pack, quantize_rtn
 from .modules import LAYOUT_CLASSES
@@ -172,83 +170,6 @@ def check_clip_shapes(linears: Sequence[tuple[str, nn.Linear]]) -> None:
             )
 
 
-def _refuse_non_empty(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise QuantizeError(f"output_dir {output_dir} is a file: give a folder (it is created if it does not exist)")
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise QuantizeError(f"{output_dir} exists and is not empty: choose another folder or pass overwrite=True")
-
-
-def check_output(output_dir: Path, overwrite: bool) -> None:
-    """Before any model work: the output is a folder we may fill, and we can write beside it
-    (a probe folder is made and removed in its nearest existing parent)."""
-    _refuse_non_empty(output_dir, overwrite)
-    parent = output_dir.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    try:
-        Path(tempfile.mkdtemp(prefix=".aks-write-probe-", dir=parent)).rmdir()
-    except OSError as exc:
-        raise QuantizeError(f"cannot write the checkpoint next to {output_dir}: {parent}: {exc.strerror or exc}; "
-                            "choose an output_dir in a folder you can write to") from exc
-
-
-OWNER_FILE = ".aks-partial-owner"  # in each temporary folder of ours: "PID HOST" of the writer
-
-
-def _clean_stale_partials(output_dir: Path) -> None:
-    """Remove temporary folders a killed earlier write of ``output_dir`` left (ours only: they
-    hold an owner file naming a process of this host that no longer runs)."""
-    host = socket.gethostname()
-    for folder in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
-        try:
-            pid, owner_host = (folder / OWNER_FILE).read_text().split()
-            if owner_host != host or _alive(int(pid)):
-                continue
-        except (OSError, ValueError):
-            continue  # not ours, or not readable: left alone
-        shutil.rmtree(folder, ignore_errors=True)
-        log.warning("removed %s, left by an interrupted write (process %s)", folder, pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomically(output_dir: Path, overwrite: bool, write: Any) -> None:
-    _refuse_non_empty(output_dir, overwrite)  # again: it may have appeared during quantization
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_partials(output_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
-        (tmp / OWNER_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
-        write(tmp)
-        (tmp / OWNER_FILE).unlink()
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a checkpoint folder gets what the umask says
-        if output_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, old / "x")
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _write_portable_config(path: Path) -> None:
     """Rewrite ``config.json`` with the RoPE fields every supported transformers reads (5.x
     writes them only as ``rope_parameters``, which 4.x ignores): see :func:`stack.portable_config`."""
@@ -323,7 +244,7 @@ def quantize(
         raise QuantizeError(f"version={version!r}: this library writes 'gemm' or 'gemv' checkpoints (or 'auto')")
 
     output = Path(output_dir)
-    check_output(output, overwrite)  # before any model work
+    check_output(output, overwrite, QuantizeError)  # before any model work
     wrapper, source_dir = _awq_wrapper(model, trust_remote_code)
     modules_to_not_convert = list(getattr(wrapper, "modules_to_not_convert", None) or [])
     linears = _quantized_linears(wrapper, modules_to_not_convert)
@@ -366,7 +287,7 @@ def quantize(
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
 
-    _write_atomically(output, overwrite, write)
+    write_atomically(output, overwrite, write, QuantizeError)
     blocks = len(wrapper.get_model_layers(wrapper.model))
     wall = time.perf_counter() - started
     return QuantizeReport(

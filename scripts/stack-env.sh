@@ -14,9 +14,11 @@ fi
 if ! "$STACK_DIR/bin/python" -c "import torch" 2>/dev/null; then
   "$STACK_DIR/bin/pip" install -q torch==2.13.0
 fi
+EXTRAS=dev
+case "$STACK_VERSION" in 5.*) EXTRAS=dev,compressed ;; esac  # compressed-tensors imports on 4.53+ only
 if ! "$STACK_DIR/bin/python" -c "import awq_kernel_select, awq, pytest" 2>/dev/null \
    || [ pyproject.toml -nt "$STACK_DIR/.installed" ]; then
-  "$STACK_DIR/bin/pip" install -q -e ".[dev]" "transformers==$STACK_VERSION"
+  "$STACK_DIR/bin/pip" install -q -e ".[$EXTRAS]" "transformers==$STACK_VERSION"
   touch "$STACK_DIR/.installed"
 fi
 export PATH="$PWD/$STACK_DIR/bin:$PATH"

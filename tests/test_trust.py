@@ -18,7 +18,8 @@ import torch
 from awq_kernel_select.calibration import CalibrationError, prepare_calibration
 from awq_kernel_select.checkpoint import CheckpointError
 from awq_kernel_select.load import load_quantized
-from awq_kernel_select.quantize import OWNER_FILE, QuantizeError, quantize
+from awq_kernel_select.atomic import OWNER_FILE
+from awq_kernel_select.quantize import QuantizeError, quantize
 
 import tiny
 
