@@ -3,6 +3,7 @@
 from .detect import ComputeCapability, Detection, GpuInfo, detect_compute_capability
 from .policy import DEFAULT_TABLE, KernelSpec, PolicyTable, register_kernel
 from .probes import Target, Verdict, register_probe
+from .engines import EngineChoice, engine_choice, engine_choice_for
 from .export import ExportError, ExportReport, export
 from .fuse import FuseReport, GatedMLP, fuse_projections
 from .load import load_quantized
@@ -21,6 +22,7 @@ __all__ = [
     "ComputeCapability",
     "DEFAULT_TABLE",
     "Detection",
+    "EngineChoice",
     "ExportError",
     "ExportReport",
     "FuseReport",
@@ -40,6 +42,8 @@ __all__ = [
     "Verdict",
     "Workload",
     "detect_compute_capability",
+    "engine_choice",
+    "engine_choice_for",
     "export",
     "fuse_projections",
     "load_quantized",

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from .detect import Detection, DeviceIndexError, detect_compute_capability
+from .engines import NoEngineRowError
 from .policy import DEFAULT_TABLE
 from .select import NoKernelError, Workload, select_kernel
 from .stack import StackError, check_transformers
@@ -113,6 +114,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_engine(args: argparse.Namespace) -> int:
+    from .engines import engine_choice_for
+
+    capability = parse_capability(args.capability) if args.capability else None
+    for engine in args.engine:
+        print(engine_choice_for(args.path, engine, capability).explain())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="awq-kernel-select",
@@ -149,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=["compressed-tensors", "autoawq-gemm"], default="compressed-tensors")
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=_cmd_export)
+    eng = sub.add_parser("engine", help="what vLLM or transformers would run for a checkpoint on a GPU, and what "
+                                        "to export for it first")
+    eng.add_argument("path", help="an AutoAWQ or compressed-tensors checkpoint folder")
+    eng.add_argument("--engine", nargs="+", choices=["vllm", "transformers"], default=["vllm", "transformers"])
+    eng.add_argument("--capability", help="the GPU's compute capability, e.g. 9.0 (none: the CPU)")
+    eng.set_defaults(func=_cmd_engine)
     bench = sub.add_parser("bench", help="GEMM vs GEMV latency on a model (embedded 7B-shaped one by default)")
     from .bench.cli import add_arguments
 
@@ -166,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (NoKernelError, DeviceIndexError, StackError, ValueError, KeyError, FileNotFoundError) as exc:
+    except (NoKernelError, NoEngineRowError, DeviceIndexError, StackError, ValueError, KeyError,
+            FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2

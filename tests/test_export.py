@@ -261,3 +261,18 @@ def test_transformers_reads_our_export_with_the_same_logits(ckpts: dict[str, Pat
     with torch.no_grad():
         a, b = theirs(IDS).logits.double(), ours(IDS).logits.double()
     assert float((a - b).norm() / b.norm()) < 2e-3
+
+
+@pytest.mark.stack
+def test_transformers_reads_our_symmetric_export_with_the_same_logits(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """Without zero points transformers 5 (with compressed-tensors) loads the export natively on the
+    CPU; its logits match load_quantized's within fp16 rounding (engines.py's transformers row)."""
+    pytest.importorskip("compressed_tensors", reason="compressed-tensors needs transformers 4.53+")
+    from transformers import AutoModelForCausalLM
+
+    export(ckpts["sym"], tmp_path / "ct", progress=False)
+    theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ct"), dtype=torch.float16)
+    ours = load_quantized(tmp_path / "ct", device="cpu").model
+    with torch.no_grad():
+        a, b = theirs(IDS).logits.double(), ours(IDS).logits.double()
+    assert float((a - b).norm() / b.norm()) < 2e-3
