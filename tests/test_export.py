@@ -244,6 +244,20 @@ def test_a_checkpoint_the_compressed_tensors_library_wrote_loads_onto_our_kernel
     assert torch.isfinite(ours.model(IDS).logits).all()
 
 
+def transformers_vs_ours(source: Path, tmp_path: Path) -> float:
+    """Relative difference of the logits transformers gives for ``source``'s compressed-tensors
+    export (loaded natively on the CPU) and those of load_quantized."""
+    pytest.importorskip("compressed_tensors", reason="compressed-tensors needs transformers 4.53+")
+    from transformers import AutoModelForCausalLM
+
+    export(source, tmp_path / "ct", progress=False)
+    theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ct"), dtype=torch.float16)
+    ours = load_quantized(tmp_path / "ct", device="cpu").model
+    with torch.no_grad():
+        a, b = theirs(IDS).logits.double(), ours(IDS).logits.double()
+    return float((a - b).norm() / b.norm())
+
+
 @pytest.mark.stack
 @pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
     "transformers 5.25 with compressed-tensors 0.20.1 expects weight_zero_point unpacked [N, K/G] when it "
@@ -252,27 +266,11 @@ def test_a_checkpoint_the_compressed_tensors_library_wrote_loads_onto_our_kernel
 def test_transformers_reads_our_export_with_the_same_logits(ckpts: dict[str, Path], tmp_path: Path) -> None:
     """transformers (5.x here, with compressed-tensors installed) loads the export natively on the
     CPU; its logits match load_quantized's within fp16 rounding."""
-    pytest.importorskip("compressed_tensors", reason="compressed-tensors needs transformers 4.53+")
-    from transformers import AutoModelForCausalLM
-
-    export(ckpts["gemm"], tmp_path / "ct", progress=False)
-    theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ct"), dtype=torch.float16)
-    ours = load_quantized(tmp_path / "ct", device="cpu").model
-    with torch.no_grad():
-        a, b = theirs(IDS).logits.double(), ours(IDS).logits.double()
-    assert float((a - b).norm() / b.norm()) < 2e-3
+    assert transformers_vs_ours(ckpts["gemm"], tmp_path) < 2e-3
 
 
 @pytest.mark.stack
 def test_transformers_reads_our_symmetric_export_with_the_same_logits(ckpts: dict[str, Path], tmp_path: Path) -> None:
     """Without zero points transformers 5 (with compressed-tensors) loads the export natively on the
     CPU; its logits match load_quantized's within fp16 rounding (engines.py's transformers row)."""
-    pytest.importorskip("compressed_tensors", reason="compressed-tensors needs transformers 4.53+")
-    from transformers import AutoModelForCausalLM
-
-    export(ckpts["sym"], tmp_path / "ct", progress=False)
-    theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ct"), dtype=torch.float16)
-    ours = load_quantized(tmp_path / "ct", device="cpu").model
-    with torch.no_grad():
-        a, b = theirs(IDS).logits.double(), ours(IDS).logits.double()
-    assert float((a - b).norm() / b.norm()) < 2e-3
+    assert transformers_vs_ours(ckpts["sym"], tmp_path) < 2e-3
