@@ -65,3 +65,25 @@ def test_bad_group_size_fails_before_calibration(smollm2: Path, tmp_path: Path) 
         quantize(smollm2, tmp_path / "out", group_size=128)
     assert time.perf_counter() - started < 30  # model load only: no calibration ran
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["gemm", "gemv"])
+def test_smollm2_round_trips_through_compressed_tensors(smollm2: Path, tmp_path: Path, version: str) -> None:
+    """The real model: AutoAWQ (either layout) -> compressed-tensors -> AutoAWQ GEMM gives the GEMM
+    checkpoint's tensors bit for bit, and the compressed-tensors export runs to the same logits."""
+    from safetensors.torch import load_file
+
+    from awq_kernel_select import export
+
+    quantize(smollm2, tmp_path / "q", method="rtn", group_size=64, version=version)
+    export(tmp_path / "q", tmp_path / "gemm", format="autoawq-gemm", progress=False)  # the reference layout
+    export(tmp_path / "q", tmp_path / "ct", progress=False)
+    export(tmp_path / "ct", tmp_path / "back", format="autoawq-gemm", progress=False)
+    want, got = load_file(str(tmp_path / "gemm" / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert sorted(want) == sorted(got) and all(torch.equal(want[k], got[k]) for k in want)
+    ids = torch.tensor([[1, 504, 2093, 314, 7116, 30, 216]])
+    with torch.no_grad():
+        source = load_quantized(tmp_path / "q", device="cpu").model(ids).logits
+        exported = load_quantized(tmp_path / "ct", device="cpu", layout=version).model(ids).logits  # same layout
+    assert torch.equal(source, exported)
