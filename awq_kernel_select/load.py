@@ -17,9 +17,10 @@ import torch
 
 from .checkpoint import CheckpointError, CheckpointInfo, read_checkpoint
 from .compressed import QUANT_METHOD
+from .devices import apply_plan, plan_devices
 from .detect import detect_compute_capability
 from .modules import AWQLinear
-from .runners import LoadRequest, hand_to_autoawq
+from .runners import LoadRequest, hand_to_autoawq, load_with_our_modules
 from .select import Selection, select_kernel
 from .verify import verify_layers
 
@@ -64,6 +65,8 @@ def load_quantized(
     layout: str | None = None,
     trust_remote_code: bool = False,
     verify: bool = False,
+    device_map: str | dict[str, int | str] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
     **from_quantized_kwargs: Any,
 ) -> Any:
     """Load an AutoAWQ checkpoint onto the selected kernel; a drop-in for ``from_quantized``.
@@ -86,11 +89,17 @@ def load_quantized(
     layer of this library's on random input against a float64 reference before returning
     (:func:`~awq_kernel_select.verify.verify_layers`; the wrapper carries the checks as
     ``awq_verify``) and raises :class:`~awq_kernel_select.verify.VerifyError` naming the layer and
-    kernel that is wrong.
+    kernel that is wrong. ``device_map`` ("auto", "balanced" or accelerate's dict of module prefix
+    -> GPU index, "cpu" or "disk") spreads the model over several devices within ``max_memory``,
+    whole decoder layers each, and selects each device's kernel for it (``devices.py``; the wrapper
+    carries ``awq_device_plan`` and ``awq_layer_devices``).
     """
     if layout not in (None, "gemm", "gemv"):
         raise ValueError(f"layout={layout!r}: use 'gemm', 'gemv' or None (the selected kernel's)")
     info = read_checkpoint(path)
+    if device_map is not None and info.format != QUANT_METHOD:
+        return _load_spread(info, device_map, max_memory, kernel, workload, device, layout, trust_remote_code,
+                            verify, from_quantized_kwargs)
     if info.format == QUANT_METHOD:  # converted losslessly to AutoAWQ's GEMM layout, then loaded as one
         from .export import export
 
@@ -98,7 +107,7 @@ def load_quantized(
             export(path, Path(tmp) / "gemm", format="autoawq-gemm", progress=False)
             wrapper = load_quantized(Path(tmp) / "gemm", kernel=kernel, workload=workload, device=device,
                                      layout=layout, trust_remote_code=trust_remote_code, verify=verify,
-                                     **from_quantized_kwargs)
+                                     device_map=device_map, max_memory=max_memory, **from_quantized_kwargs)
         wrapper.awq_source_format = QUANT_METHOD
         return wrapper
     dev = resolve_device(device)
@@ -110,6 +119,33 @@ def load_quantized(
     wrapper = runner(LoadRequest(info, dev, selection, layout, options))
     wrapper.awq_kernel_selection = selection
     wrapper.awq_kernel_layers = kernels_in(wrapper.model)
+    if verify:
+        wrapper.awq_verify = verify_layers(wrapper.model)
+    return wrapper
+
+
+def _load_spread(info: CheckpointInfo, device_map: str | dict[str, int | str], max_memory: Any, kernel: str,
+                 workload: Any, device: Any, layout: str | None, trust_remote_code: bool, verify: bool,
+                 options: dict[str, Any]) -> Any:
+    """A model over several devices: accelerate places whole decoder layers (``device_map``), then
+    each layer gets the kernel selected for its own device (``devices.py``)."""
+    if device is not None:
+        raise ValueError("give device or device_map, not both")
+    if kernel != "auto" or layout is not None or options.get("fuse_layers"):
+        raise ValueError("with device_map, each device's kernel is selected for it: kernel, layout and "
+                         "fuse_layers cannot be given")
+    offload = tempfile.mkdtemp(prefix="aks-offload-")  # for layers accelerate puts on "disk"
+    wrapper = load_with_our_modules(info, None, {**options, "trust_remote_code": bool(trust_remote_code)},
+                                    device_map=device_map, max_memory=max_memory, offload_folder=offload)
+    placed = dict(getattr(wrapper.model, "hf_device_map", {}) or {"": device_map})
+    names = [n for n, m in wrapper.model.named_modules() if isinstance(m, AWQLinear)]
+    plan = plan_devices(placed, names, workload=workload or "interactive", checkpoint_version=info.version,
+                        zero_point=info.zero_point)
+    apply_plan(wrapper.model, plan)
+    wrapper.awq_device_plan = plan
+    wrapper.awq_kernel_layers = {name: kernel_name for name, (_, kernel_name) in plan.layers.items()}
+    wrapper.awq_layer_devices = {name: dev for name, (dev, _) in plan.layers.items()}
+    wrapper.awq_offload_folder = offload
     if verify:
         wrapper.awq_verify = verify_layers(wrapper.model)
     return wrapper

@@ -167,9 +167,12 @@ def _check_tensors(info: CheckpointInfo, model: torch.nn.Module) -> None:
                               f"{', '.join(f.name for f in info.weight_files)}")
 
 
-def load_with_our_modules(info: CheckpointInfo, device: torch.device, kwargs: dict[str, Any]) -> Any:
+def load_with_our_modules(info: CheckpointInfo, device: torch.device | None, kwargs: dict[str, Any],
+                          device_map: Any = None, max_memory: Any = None, offload_folder: str | None = None) -> Any:
     """The checkpoint in AutoAWQ's model wrapper, every quantized linear one of this library's
-    modules in the checkpoint's layout, the weights read straight onto ``device``."""
+    modules in the checkpoint's layout, the weights read straight onto ``device`` (or spread by
+    accelerate over ``device_map``: "auto", "balanced" or a dict, within ``max_memory``; a decoder
+    layer is never split, so fused projections stay on one device)."""
     from accelerate import init_empty_weights, load_checkpoint_and_dispatch
 
     require_awq()
@@ -204,7 +207,9 @@ def load_with_our_modules(info: CheckpointInfo, device: torch.device, kwargs: di
     model.tie_weights()
     _check_tensors(info, model)
     try:
-        load_checkpoint_and_dispatch(model, checkpoint=str(info.path), device_map={"": str(device)},
+        load_checkpoint_and_dispatch(model, checkpoint=str(info.path),
+                                     device_map={"": str(device)} if device_map is None else device_map,
+                                     max_memory=max_memory, offload_folder=offload_folder,
                                      no_split_module_classes=[awq_cls.layer_type], dtype=dtype)
     except (ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{info.path}: the weights do not fit the model: {exc}") from exc

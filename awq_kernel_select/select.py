@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Collection, Mapping, Sequence
 
-from .detect import ComputeCapability, Detection, detect_compute_capability
+from .detect import ComputeCapability, Detection, DeviceIndexError, GpuInfo, detect_compute_capability
 from .kernels.dispatch import DispatchPlan
 from .measured import MeasuredCrossover, facts_for_target, plan_for_target
 from .policy import CONVERTIBLE, DEFAULT_TABLE, VERSIONS, KernelSpec, Layout, PolicyTable
@@ -125,8 +125,15 @@ class NoKernelError(RuntimeError):
         self.rejected = tuple(rejected)
 
 
-def target_from_detection(detection: Detection) -> Target:
-    gpu = detection.primary
+def target_from_detection(detection: Detection, index: int | None = None) -> Target:
+    """The target of GPU ``index`` of ``detection`` (None: its primary GPU, or the CPU without one)."""
+    if index is not None:
+        if not 0 <= index < len(detection.gpus):
+            raise DeviceIndexError(f"device={index}: {len(detection.gpus)} GPU(s) visible; use an index below "
+                                   f"{len(detection.gpus)}" if detection.gpus else f"device={index}: no GPU is visible")
+        gpu: GpuInfo | None = detection.gpus[index]
+    else:
+        gpu = detection.primary
     if gpu is None:
         return Target("cpu")
     if gpu.backend == "rocm":
@@ -168,7 +175,7 @@ def select_kernel(
     workload: str | int | Workload = "interactive",
     checkpoint_version: str | None = None,
     *,
-    device: str | None = None,
+    device: str | int | None = None,
     zero_point: bool | None = None,
     force: str | None = None,
     table: PolicyTable | None = None,
@@ -180,7 +187,8 @@ def select_kernel(
     """Pick the AWQ kernel for this GPU and workload, from the rows that can run here.
 
     ``capability`` (e.g. ``(8, 6)``) names a CUDA GPU without detecting one; without it the
-    visible GPU 0 is detected (no GPU: the CPU). ``checkpoint_version`` ("gemm", "gemv", ...)
+    visible GPU 0 is detected (no GPU: the CPU); ``device=i`` selects for visible GPU ``i`` (of
+    ``detection`` where given), ``device="cpu"`` for the CPU. ``checkpoint_version`` ("gemm", "gemv", ...)
     rules out kernels whose layout the checkpoint cannot be converted to. ``force`` picks a
     row by name; it is still checked, and the reasons name the row it passed over.
     ``probes`` overrides availability checks by requirement name (tests); ``assume`` names
@@ -190,7 +198,11 @@ def select_kernel(
     table = DEFAULT_TABLE if table is None else table
     work = Workload.parse(workload)
     version = _parse_version(checkpoint_version)
-    if capability is not None:
+    if isinstance(device, bool):
+        raise TypeError(f"device={device!r}: give a GPU index, 'cuda' or 'cpu'")
+    if isinstance(device, int):  # one GPU of several: its own selection
+        target = target_from_detection(detection or detect_compute_capability(), device)
+    elif capability is not None:
         target = Target(device or "cuda", ComputeCapability(*capability))
     elif device is not None and device != "cuda":
         target = Target(device)
