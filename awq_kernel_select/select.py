@@ -84,6 +84,18 @@ class Selection:
         """True when the checkpoint's layout must be converted (losslessly) for this kernel."""
         return self.checkpoint_version is not None and self.checkpoint_version != self.kernel.layout
 
+    def for_engine(self, engine: str, *, group_size: int = 128, zero_point: bool = True) -> Any:
+        """What ``engine`` ("vllm", "transformers") would run for this selection's checkpoint on its
+        GPU, and what to export first: :func:`~awq_kernel_select.engines.engine_choice` (an
+        ``EngineChoice``; ``engine_choice_for(path, ...)`` reads group size and zero points from a
+        checkpoint)."""
+        from .engines import engine_choice
+
+        fmt = "autoawq-gemv" if self.checkpoint_version == "gemv" else "autoawq-gemm"
+        capability = self.target.capability if self.target.device == "cuda" else None
+        return engine_choice(engine, fmt, capability=capability, group_size=group_size,  # type: ignore[arg-type]
+                             zero_point=zero_point)
+
     def explain(self) -> str:
         lines = [f"selected: {self.kernel.name} (layout {self.kernel.layout}) for {self.workload} on {self.target}"]
         lines += [f"  - {reason}" for reason in self.reasons]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from awq_kernel_select import engine_choice, engine_choice_for
+from awq_kernel_select import engine_choice, engine_choice_for, select_kernel
 from awq_kernel_select.engines import ENGINE_ROWS, NoEngineRowError
 from awq_kernel_select.export import export
 from awq_kernel_select.quantize import quantize
@@ -56,3 +56,14 @@ def test_a_gemv_checkpoint_is_told_to_export_for_vllm(fp16_dir: Path, tmp_path: 
     assert choice.row.name == "auto_awq -> Machete"
     export(tmp_path / "gemv", tmp_path / "ct", progress=False)
     assert engine_choice_for(tmp_path / "ct", "vllm", (9, 0)).export_to is None
+
+
+def test_a_selection_says_what_an_engine_would_run_on_its_gpu() -> None:
+    from awq_kernel_select import Verdict
+
+    ok = {name: Verdict(True, "ok") for name in ("triton_gpu", "torch_cuda_arch", "awq_ext", "awq_v2_ext",
+                                                 "marlin_cuda", "exl_ext", "exlv2_ext", "ipex")}
+    selection = select_kernel((9, 0), "interactive", checkpoint_version="gemv", probes=ok)
+    choice = selection.for_engine("vllm")
+    assert choice.row.name == "auto_awq -> Machete" and choice.export_to == "autoawq-gemm"
+    assert select_kernel(device="cpu").for_engine("transformers", zero_point=False).row.cpu

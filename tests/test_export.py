@@ -168,27 +168,24 @@ def test_our_export_equals_compressed_tensors_own_converter(ckpts: dict[str, Pat
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_compressed_tensors_decompresses_our_export_to_our_reference(ckpts: dict[str, Path], tmp_path: Path,
                                                                     symmetric: bool) -> None:
-    """The library's own unpacking of our tensors gives exactly the integers, zero points and
-    scales of our reference dequantization."""
+    """The library's own decompression of our tensors (PackedQuantizationCompressor, the scheme read
+    from our config) gives exactly our dequantization of the source's packed buffers."""
     pytest.importorskip("compressed_tensors", reason="compressed-tensors needs transformers 4.53+")
-    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationConfig
 
     source = ckpts["sym" if symmetric else "gemm"]
     export(source, tmp_path / "ct", progress=False)
     ct, awq = tensors(tmp_path / "ct"), tensors(source)
-    name = "model.layers.1.self_attn.o_proj"
-    shape = torch.Size(ct[f"{name}.weight_shape"].tolist())
-    q = unpack_from_int32(ct[f"{name}.weight_packed"], 4, shape).to(torch.float64)
-    s = ct[f"{name}.weight_scale"].to(torch.float64)
-    if symmetric:
-        z = torch.zeros_like(s)
-    else:
-        z = unpack_from_int32(ct[f"{name}.weight_zero_point"], 4, torch.Size([shape[0], s.shape[1]]),
-                              packed_dim=0).to(torch.float64)
-    theirs = (q - z.repeat_interleave(32, dim=1)) * s.repeat_interleave(32, dim=1)
-    packed = L.PackedWeights("gemm", awq[f"{name}.qweight"], awq[f"{name}.qzeros"], awq[f"{name}.scales"],
-                             shape[1], shape[0], 32)
-    assert torch.equal(theirs, L.dequantize(packed, torch.float64))
+    config = QuantizationConfig.model_validate(json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"])
+    scheme = config.config_groups["config_group_0"]
+    for name in ("model.layers.1.self_attn.o_proj", "model.layers.0.mlp.down_proj"):
+        local = {s: ct[f"{name}.{s}"] for s in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
+                 if f"{name}.{s}" in ct}
+        theirs = PackedQuantizationCompressor.decompress(local, scheme)["weight"]
+        n, k = local["weight_shape"].tolist()
+        packed = L.PackedWeights("gemm", awq[f"{name}.qweight"], awq[f"{name}.qzeros"], awq[f"{name}.scales"], k, n, 32)
+        assert theirs.dtype == torch.float16 and torch.equal(theirs, L.dequantize(packed, torch.float16))
 
 
 @pytest.mark.stack
