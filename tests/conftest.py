@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # every test file under tests/ shares it
 def fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny fp16 Llama and its tokenizer, saved once (read-only: tests write beside it)."""
     import tiny
