@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ import torch
 from torch import nn
 
 from .atomic import check_output, write_atomically
+from .resume import digest, prepare, resumable_quantizer, resume_folder
 from .calibration import CalibrationSet, prepare_calibration
+from .memory import check_memory, plan_memory
 from .layouts import calculate_zeros_width, pack, quantize_rtn
 from .modules import LAYOUT_CLASSES
 from .stack import dtype_kwargs, portable_config, require_awq
@@ -170,6 +173,11 @@ def check_clip_shapes(linears: Sequence[tuple[str, nn.Linear]]) -> None:
             )
 
 
+def _file_stamps(folder: Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time of a model folder's files: a changed model is not resumed."""
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+
+
 def _write_portable_config(path: Path) -> None:
     """Rewrite ``config.json`` with the RoPE fields every supported transformers reads (5.x
     writes them only as ``rope_parameters``, which 4.x ignores): see :func:`stack.portable_config`."""
@@ -215,13 +223,21 @@ def quantize(
     apply_clip: bool = True,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    resume: bool = True,
+    max_memory: dict[int | str, int | str] | None = None,
     **quantize_kwargs: Any,
 ) -> QuantizeReport:
     """Quantize ``model`` (a folder or a loaded model) to 4 bits and save an AutoAWQ checkpoint.
 
     ``version`` is "gemm", "gemv" or "auto" (what :func:`select_kernel` picks for ``workload``
     on this machine). ``method`` is "awq" (AutoAWQ's scale search) or "rtn" (round to
-    nearest). Everything that can be checked is checked before calibration starts.
+    nearest). Everything that can be checked is checked before calibration starts. With
+    ``method="awq"`` on a model folder, each finished decoder block is kept beside the output
+    (``resume.py``): a killed run started again with the same settings (``resume=True``)
+    continues at the next block. Before calibration a memory plan (``memory.py``: peak per
+    device, from the model's blocks and the calibration size) is logged, and a quantization that
+    cannot fit a device's free memory or its ``max_memory`` cap ("cpu", GPU index: bytes or
+    "20GiB") is refused with :class:`~awq_kernel_select.memory.MemoryPlanError`.
     """
     started = time.perf_counter()
     if w_bit != 4:
@@ -261,6 +277,12 @@ def quantize(
         from transformers import AutoTokenizer  # type: ignore[attr-defined]
 
         tokenizer = AutoTokenizer.from_pretrained(str(source_dir))
+    if method == "awq":
+        decoder_blocks = list(wrapper.get_model_layers(wrapper.model))
+        memory = plan_memory(wrapper.model, decoder_blocks, wrapper.model.config, max_calib_samples, max_calib_seq_len,
+                             max_memory)
+        log.info("%s", memory.format())
+        check_memory(memory)
     calib: CalibrationSet | None = None
     if method == "awq":
         calib = prepare_calibration(calibration if not isinstance(calibration, os.PathLike) else Path(calibration), tokenizer, max_samples=max_calib_samples,
@@ -268,11 +290,23 @@ def quantize(
 
     device = str(next(wrapper.model.parameters()).device)
     quant_config = {"zero_point": zero_point, "q_group_size": group_size, "w_bit": w_bit, "version": version.upper()}
+    folder = resume_folder(output)
     if method == "awq":
         assert calib is not None
+        quantizer_cls = _cpu_safe_quantizer_cls()
+        if source_dir is not None:  # a folder has an identity to resume against; a model in memory not
+            settings = {"model": str(Path(source_dir).resolve()), "files": _file_stamps(Path(source_dir)),
+                        "quant": quant_config, "apply_clip": apply_clip, "seq_len": max_calib_seq_len,
+                        "kwargs": quantize_kwargs}
+            key = digest(settings, list(calib.blocks))
+            done = prepare(folder, key) if resume else 0
+            if not resume:
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+            quantizer_cls = resumable_quantizer(quantizer_cls, folder, key, done)
         wrapper.quantize(tokenizer, quant_config, calib_data=calib.blocks, max_calib_samples=len(calib.blocks),
                          max_calib_seq_len=max_calib_seq_len, apply_clip=apply_clip,
-                         quantizer_cls=_cpu_safe_quantizer_cls(), **quantize_kwargs)
+                         quantizer_cls=quantizer_cls, **quantize_kwargs)
     else:
         from awq.models._config import AwqConfig
 
@@ -288,6 +322,7 @@ def quantize(
             tokenizer.save_pretrained(str(folder))
 
     write_atomically(output, overwrite, write, QuantizeError)
+    shutil.rmtree(folder, ignore_errors=True)  # the saved blocks are in the checkpoint now
     blocks = len(wrapper.get_model_layers(wrapper.model))
     wall = time.perf_counter() - started
     return QuantizeReport(
