@@ -24,7 +24,6 @@ from transformers.modeling_attn_mask_utils import AttentionMaskConverter
 
 from .kernels import attention as kernel
 from .kernels import matmul
-from .kernels.dispatch import default_plan
 from .kernels.launch import interpreting
 from .stack import register_attention
 
@@ -48,9 +47,7 @@ def decode_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if torch.compiler.is_compiling():
         return torch.ops.awq_kernel_select.decode_attention(query, key, value, attention_mask, scale), None
-    plan = default_plan(query.device)
-    return kernel.decode_attention(query, key, value, attention_mask, scale, pdl=matmul.USE_PDL and plan.pdl_capable,
-                                   multiprocessors=plan.multiprocessors), None
+    return kernel.decode_attention(query, key, value, attention_mask, scale, pdl=matmul.USE_PDL), None
 
 
 def use_decode_attention(model: nn.Module, enabled: bool = True) -> str:

@@ -73,13 +73,12 @@ def plan_devices(device_map: Mapping[str, Placement], layer_names: list[str], *,
     """One selection per device of ``device_map`` (rows of this library's modules only), and the
     device and kernel of each of ``layer_names``."""
     rows = ours_only(DEFAULT_TABLE if table is None else table)
-    devices = {device_name(p): p for p in device_map.values()}
-    needs_gpu = any(isinstance(p, int) or str(p).startswith("cuda") for p in devices.values())
+    devices = {device_name(p) for p in device_map.values()}
+    needs_gpu = any(name.startswith("cuda") for name in devices)
     found = detection if detection is not None or not needs_gpu else detect_compute_capability()
     selections: dict[str, Selection] = {}
-    for name, placement in sorted(devices.items()):
-        index = placement if isinstance(placement, int) else (int(name.split(":")[1]) if name.startswith("cuda") else None)
-        where: str | int = "cpu" if index is None else index
+    for name in sorted(devices):
+        where: str | int = int(name.split(":")[1]) if name.startswith("cuda:") else "cpu"
         selections[name] = select_kernel(workload=workload, checkpoint_version=checkpoint_version, device=where,
                                          zero_point=zero_point, detection=found, table=rows, probes=probes)
     layers = {}

@@ -28,7 +28,7 @@ import torch
 from .atomic import OutputError, check_output, write_atomically
 from .checkpoint import CheckpointError, CheckpointInfo, read_checkpoint
 from .compressed import QUANT_METHOD, SUFFIXES, CompressedScheme, from_compressed, quantization_config, to_compressed
-from .layouts import PackedWeights
+from .layouts import PackedWeights, convert
 
 ExportFormat = Literal["compressed-tensors", "autoawq-gemm"]
 FORMATS: tuple[ExportFormat, ...] = ("compressed-tensors", "autoawq-gemm")
@@ -146,18 +146,12 @@ def _convert(info: CheckpointInfo, module: str, tensors: dict[str, torch.Tensor]
         packed = PackedWeights(info.version, tensors["qweight"], tensors["qzeros"], tensors["scales"], k, n,
                                info.group_size)
         if fmt == "autoawq-gemm":
-            gemm = packed if info.version == "gemm" else _to_gemm(packed)
+            gemm = convert(packed, "gemm")  # the same object where it is GEMM already
             return {"qweight": gemm.qweight.contiguous(), "qzeros": gemm.qzeros.contiguous(),
                     "scales": gemm.scales.contiguous()}
         return to_compressed(packed, symmetric, module)
     except ValueError as exc:
         raise ExportError(f"{info.path}: {module}: {exc}") from exc
-
-
-def _to_gemm(packed: PackedWeights) -> PackedWeights:
-    from .layouts import convert
-
-    return convert(packed, "gemm")
 
 
 def _quantization_config(info: CheckpointInfo, fmt: ExportFormat, symmetric: bool) -> dict[str, Any]:

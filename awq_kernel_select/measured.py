@@ -286,11 +286,7 @@ def load_all(path: Path | None = None) -> dict[str, MeasuredCrossover]:
     """Every measured crossover of the overlay (or of ``path``), by GPU key. An unreadable file,
     one of another schema, or a bad entry warns (naming the file and what is wrong) and is left
     out: never fatal, never used."""
-    path = cache_path() if path is None else path
-    entries, problems = _read(path)
-    if problems:
-        warnings.warn(f"ignoring unreadable measured-results cache {path}: {'; '.join(problems)}; re-run "
-                      "`awq-kernel-select bench` to measure again", stacklevel=2)
+    [(_, entries)] = _read_all([cache_path() if path is None else path], "measured-results cache")
     return {k: MeasuredCrossover.from_dict(v) for k, v in entries.items() if v.get("crossover_tokens") is not None}
 
 

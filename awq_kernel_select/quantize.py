@@ -299,10 +299,7 @@ def quantize(
                         "quant": quant_config, "apply_clip": apply_clip, "seq_len": max_calib_seq_len,
                         "kwargs": quantize_kwargs}
             key = digest(settings, list(calib.blocks))
-            done = prepare(folder, key) if resume else 0
-            if not resume:
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir(parents=True)
+            done = prepare(folder, key, reuse=resume)
             quantizer_cls = resumable_quantizer(quantizer_cls, folder, key, done)
         wrapper.quantize(tokenizer, quant_config, calib_data=calib.blocks, max_calib_samples=len(calib.blocks),
                          max_calib_seq_len=max_calib_seq_len, apply_clip=apply_clip,

@@ -48,11 +48,11 @@ def _write(path: Path, save: Any) -> None:
     os.replace(tmp, path)
 
 
-def prepare(folder: Path, key: str) -> int:
+def prepare(folder: Path, key: str, reuse: bool = True) -> int:
     """Blocks already done in ``folder`` for these settings (0: none); a folder for other
-    settings is discarded."""
+    settings, or any with ``reuse=False``, is discarded."""
     marker = folder / MARKER
-    if marker.is_file():
+    if reuse and marker.is_file():
         try:
             state = json.loads(marker.read_text())
             if state.get("key") == key and int(state.get("blocks", 0)) > 0:

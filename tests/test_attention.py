@@ -15,6 +15,7 @@ import torch
 from awq_kernel_select.attention import ATTN_IMPLEMENTATION, use_decode_attention
 from awq_kernel_select.bench.model import TINY, random_llama
 from awq_kernel_select.kernels import attention as A
+from awq_kernel_select.kernels.dispatch import DispatchPlan
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -207,7 +208,7 @@ def test_decode_attention_on_two_streams_at_once_keeps_their_splits_apart() -> N
     for _ in range(100):
         for i, (stream, (q, k, v)) in enumerate(zip(streams, cases)):
             with torch.cuda.stream(stream):
-                outs[i].append(A.decode_attention(q, k, v, multiprocessors=132))
+                outs[i].append(A.decode_attention(q, k, v, plan=DispatchPlan(multiprocessors=132)))
     torch.cuda.synchronize()
     for (q, k, v), results in zip(cases, outs):
         ref = A.reference_decode_attention(q, k, v)

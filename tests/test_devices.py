@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from awq_kernel_select import CC, Verdict, load_quantized, quantize, select_kernel
+from awq_kernel_select import CC, load_quantized, quantize, select_kernel
 from awq_kernel_select.detect import Detection, DeviceIndexError, GpuInfo
 from awq_kernel_select.devices import plan_devices
 
-OK = {name: Verdict(True, "ok") for name in ("triton_gpu", "torch_cuda_arch", "awq_ext", "awq_v2_ext", "marlin_cuda",
-                                            "exl_ext", "exlv2_ext", "ipex")}
+import tiny
+
+OK = tiny.ALL_PROBES_OK
 #: a data-centre card beside an older one: Triton kernels on the first, not on the second
 MIXED = Detection((GpuInfo(0, "NVIDIA H100 80GB HBM3", "cuda", "torch", CC(9, 0), multiprocessors=132),
                    GpuInfo(1, "Tesla V100-SXM2-16GB", "cuda", "torch", CC(7, 0), multiprocessors=80)), "torch")

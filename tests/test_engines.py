@@ -11,6 +11,8 @@ from awq_kernel_select.engines import ENGINE_ROWS, NoEngineRowError
 from awq_kernel_select.export import export
 from awq_kernel_select.quantize import quantize
 
+import tiny
+
 CASES = {
     # row name: (engine, checkpoint format, capability, group size, zero point, export needed)
     "auto_awq -> Machete": ("vllm", "autoawq-gemm", (9, 0), 128, True, None),
@@ -59,11 +61,7 @@ def test_a_gemv_checkpoint_is_told_to_export_for_vllm(fp16_dir: Path, tmp_path: 
 
 
 def test_a_selection_says_what_an_engine_would_run_on_its_gpu() -> None:
-    from awq_kernel_select import Verdict
-
-    ok = {name: Verdict(True, "ok") for name in ("triton_gpu", "torch_cuda_arch", "awq_ext", "awq_v2_ext",
-                                                 "marlin_cuda", "exl_ext", "exlv2_ext", "ipex")}
-    selection = select_kernel((9, 0), "interactive", checkpoint_version="gemv", probes=ok)
+    selection = select_kernel((9, 0), "interactive", checkpoint_version="gemv", probes=tiny.ALL_PROBES_OK)
     choice = selection.for_engine("vllm")
     assert choice.row.name == "auto_awq -> Machete" and choice.export_to == "autoawq-gemm"
     assert select_kernel(device="cpu").for_engine("transformers", zero_point=False).row.cpu

@@ -11,17 +11,16 @@ from typing import Any
 import pytest
 import torch
 
-from awq_kernel_select import CC, KernelSpec, OursRunner, Verdict, select_kernel
+from awq_kernel_select import CC, KernelSpec, OursRunner, select_kernel
 from awq_kernel_select import measured
 from awq_kernel_select.detect import Detection, GpuInfo
 from awq_kernel_select.kernels.dispatch import CPU_PLAN, DispatchPlan, TunedEntry
 from awq_kernel_select.kernels.matmul import MatmulConfig, _geometry
 from awq_kernel_select.policy import DEFAULT_TABLE
-from awq_kernel_select.probes import Probe
 
-#: every requirement met (what runs is not what these tests are about)
-OK: dict[str, Verdict | Probe] = {name: Verdict(True, "ok") for name in (
-    "triton_gpu", "torch_cuda_arch", "awq_ext", "awq_v2_ext", "marlin_cuda", "exl_ext", "exlv2_ext", "ipex")}
+import tiny
+
+OK = tiny.ALL_PROBES_OK
 
 
 def gpu(name: str, sms: int | None = 132, cap: CC = CC(9, 0)) -> Detection:

@@ -10,6 +10,10 @@ from typing import Any, Callable
 import torch
 
 from awq_kernel_select.bench.model import embedded_tokenizer as make_tokenizer
+from awq_kernel_select.probes import PROBES, Verdict
+
+#: every requirement met, for tests about something else than what can run here
+ALL_PROBES_OK = {name: Verdict(True, "ok") for name in PROBES}
 
 
 def make_llama(layers: int = 2, hidden: int = 64, intermediate: int = 128, vocab: int = 320, seed: int = 0):

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .dispatch import DispatchPlan, default_plan
 from .launch import interpreting, launch
 from .matmul import _cdiv, _wait_for_previous_kernel, TRITON_HAS_PDL, current_stream
 
@@ -186,17 +187,17 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                     scale: float | None = None, *, pdl: bool = False, multiprocessors: int = 4,
+                     scale: float | None = None, *, pdl: bool = False, plan: DispatchPlan | None = None,
                      config: DecodeAttentionConfig = DEFAULT_CONFIG) -> torch.Tensor:
     """``softmax(q k^T * scale + mask) v`` for one query token per sequence.
 
     ``q [B, H, 1, D]``, ``k, v [B, H_kv, L, D]`` (any strides with the last dimension
     contiguous), ``mask`` ``[B or 1, H or 1, 1, >= L]`` (the first ``L`` columns are used; bool
     True = attend, or added to the scores), ``scale`` default ``D ** -0.5``. Returns
-    ``[B, 1, H, D]`` in q's dtype (what transformers' attention functions return). ``pdl``
-    launches with programmatic dependent launch (the caller has checked that the GPU has it,
-    sm90+); ``multiprocessors``: the GPU's SM count, which sets how far the keys are split
-    (both from the device's ``DispatchPlan``)."""
+    ``[B, 1, H, D]`` in q's dtype (what transformers' attention functions return). ``plan``:
+    the GPU's :class:`~awq_kernel_select.kernels.dispatch.DispatchPlan` (default: the one built
+    for q's device), whose SM count sets how far the keys are split; ``pdl`` launches with
+    programmatic dependent launch where the plan says the GPU has it (sm90+)."""
     _check_inputs(q, k, v, mask)
     batch, heads, _, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
@@ -212,7 +213,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         stride_mh = mask_t.stride(1) if mask_t.shape[1] > 1 else 0
     out = torch.empty(batch, 1, heads, head_dim, dtype=q.dtype, device=q.device)
     heads_total = batch * heads
-    block_n, keys_per_split, n_splits = config.splits(kv_len, heads_total, multiprocessors)
+    plan = default_plan(q.device) if plan is None else plan
+    block_n, keys_per_split, n_splits = config.splits(kv_len, heads_total, plan.multiprocessors)
     max_splits = triton.next_power_of_2(n_splits)
     if n_splits > 1:
         partial, stats, tickets = _workspace(q.device, current_stream(q.device), heads_total * max_splits, head_dim,
@@ -221,7 +223,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         partial = stats = tickets = out  # unused
     scale = head_dim ** -0.5 if scale is None else scale
     use_ptx = q.is_cuda and torch.version.hip is None and not interpreting()
-    pdl = use_ptx and pdl and TRITON_HAS_PDL
+    pdl = use_ptx and pdl and plan.pdl_capable and TRITON_HAS_PDL
     args = (q, k, v, mask_t, out, partial, stats, tickets, kv_len, keys_per_split, n_splits, scale * LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
             stride_mb, stride_mh, out.stride(0), out.stride(2))

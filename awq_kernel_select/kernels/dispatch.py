@@ -28,9 +28,9 @@ from typing import Literal
 import torch
 
 from ..layouts import PackedWeights
+from . import matmul
 from .dequant import dequantize_triton
 from .launch import interpreting
-from . import matmul
 from .matmul import MatmulConfig, Replay, awq_matmul_with_replay
 from .reference import EPILOGUES, Epilogue, apply_epilogue, output_width, reference_linear
 
@@ -328,7 +328,8 @@ def linear_with_replay(
         out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,
                                              weights.layout == "gemv", weights.in_features,
                                              weights.out_features, weights.group_size, config or planned, None,
-                                             pdl=(pdl or matmul.USE_PDL) and plan.pdl_capable, silu_mul=in_kernel and epilogue == "silu_mul",
+                                             pdl=(pdl or matmul.USE_PDL) and plan.pdl_capable,
+                                             silu_mul=in_kernel and epilogue == "silu_mul",
                                              out_shape=(*lead, weights.out_features if not in_kernel else width))
         if not in_kernel:  # the GEMM layout's kernel has no epilogue: torch after it
             out = apply_epilogue(out, epilogue)

@@ -26,7 +26,7 @@ import torch
 
 from ..layouts import PackedWeights
 from . import attention
-from .dispatch import DispatchPlan, default_plan, linear_with_replay
+from .dispatch import DispatchPlan, linear_with_replay
 from .matmul import Replay
 from .reference import Epilogue, output_width
 
@@ -128,9 +128,7 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
                       scale: float) -> torch.Tensor:
     """One query token per sequence against the KV cache (``kernels/attention.py``), launched
     with PDL where inductor uses it and the device's plan says the GPU has it."""
-    plan = default_plan(q.device)
-    return attention.decode_attention(q, k, v, mask, scale, pdl=inductor_pdl() and plan.pdl_capable,
-                                      multiprocessors=plan.multiprocessors)
+    return attention.decode_attention(q, k, v, mask, scale, pdl=inductor_pdl())
 
 
 def _decode_attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
