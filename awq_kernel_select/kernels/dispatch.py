@@ -7,8 +7,9 @@ gemv       fused kernel, split-K, FMA (few tokens) or   M <= 16 (decode)
            16-row ``tl.dot``
 gemm       fused kernel, ``tl.dot`` tiles (split-K      16 < M < 256 (batched decode)
            where tuned)
-dequant    Triton dequantize to fp16 (in L2-sized       M >= 256 (prefill)
-           column chunks where that helps), cuBLAS
+dequant    Triton dequantize to fp16 or bf16 (in        M >= 256 (prefill)
+           L2-sized column chunks where that helps),
+           cuBLAS
 torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
 =========  ===========================================  =====================================
 
@@ -226,34 +227,36 @@ def default_plan(device: torch.device) -> DispatchPlan:
 
 def dequant_matmul(x: torch.Tensor, weights: PackedWeights, bias: torch.Tensor | None,
                    chunk_bytes: int, min_cols: int = 0) -> torch.Tensor:
-    """``x @ W^T + bias`` in fp16 by dequantizing ``W`` (Triton) and multiplying with cuBLAS.
+    """``x @ W^T + bias`` by dequantizing ``W`` (Triton) and multiplying with cuBLAS, in bf16
+    for bf16 ``x`` (whose values fp16 cannot hold), else in fp16.
 
-    With ``chunk_bytes > 0`` the layer is done in chunks of output columns whose fp16 weights
+    With ``chunk_bytes > 0`` the layer is done in chunks of output columns whose 16-bit weights
     take at most ``chunk_bytes``: one scratch buffer is dequantized into and multiplied from,
-    chunk after chunk, so it stays in L2 and the fp16 weight never travels to DRAM and back.
+    chunk after chunk, so it stays in L2 and the weight never travels to DRAM and back.
     """
     K, N, g = weights.in_features, weights.out_features, weights.group_size
     gemv_layout = weights.layout == "gemv"
-    x16 = x.to(torch.float16)
-    b16 = None if bias is None else bias.to(torch.float16)
+    dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float16
+    x16 = x.to(dtype)
+    b16 = None if bias is None else bias.to(dtype)
     cols = N if chunk_bytes <= 0 else max(128, chunk_bytes // (2 * K) // 128 * 128)
     if cols >= N or cols < min_cols:
         w = dequantize_triton(weights.qweight, weights.qzeros, weights.scales, gemv_layout=gemv_layout,
-                              in_features=K, out_features=N, group_size=g)
+                              in_features=K, out_features=N, group_size=g, dtype=dtype)
         return torch.nn.functional.linear(x16, w if gemv_layout else w.t(), b16)
-    out = torch.empty(x.shape[0], N, dtype=torch.float16, device=x.device)
-    scratch = torch.empty(cols * K, dtype=torch.float16, device=x.device)
+    out = torch.empty(x.shape[0], N, dtype=dtype, device=x.device)
+    scratch = torch.empty(cols * K, dtype=dtype, device=x.device)
     for n0 in range(0, N, cols):
         n1 = min(N, n0 + cols)
         if gemv_layout:  # rows n0..n1 of W [N, K]
             w = dequantize_triton(weights.qweight[n0:n1], weights.qzeros[n0:n1], weights.scales[n0:n1],
                                   gemv_layout=True, in_features=K, out_features=n1 - n0, group_size=g,
-                                  out=scratch[: (n1 - n0) * K].view(n1 - n0, K)).t()
+                                  out=scratch[: (n1 - n0) * K].view(n1 - n0, K), dtype=dtype).t()
         else:  # columns n0..n1 of W^T [K, N]
             w = dequantize_triton(weights.qweight[:, n0 // 8:n1 // 8], weights.qzeros[:, n0 // 8:n1 // 8],
                                   weights.scales[:, n0:n1], gemv_layout=False, in_features=K,
                                   out_features=n1 - n0, group_size=g,
-                                  out=scratch[: (n1 - n0) * K].view(K, n1 - n0))
+                                  out=scratch[: (n1 - n0) * K].view(K, n1 - n0), dtype=dtype)
         if b16 is None:  # written in place: cuBLAS takes the column slice's row stride
             torch.mm(x16, w, out=out[:, n0:n1])
         else:

@@ -44,8 +44,9 @@ import triton.language as tl
 
 from .launch import interpreting, launch
 from .tiles import (
-    dequant_gemm_words_f16,
-    dequant_gemv_words_f16,
+    bf16_in_f32,
+    dequant_gemm_words,
+    dequant_gemv_words,
     dot16_f16x2,
     dot8_one_plus_q16,
     dot8x2_one_plus_q16,
@@ -164,6 +165,8 @@ def _store_output(total, rows, cols, M, N, out_ptr, bias_ptr, stride_om, HAS_BIA
     if SILU_MUL:  # (masked elements may hold anything, e.g. a masked atomic's result: no exp of it)
         total, cols = _silu_mul(tl.where(mask, total, 0.0), cols, BLOCK_M, BLOCK_N)
         mask = (rows < M) & (cols < N // 2)
+    if out_ptr.dtype.element_ty == tl.bfloat16:  # rounded here: exact under the interpreter too
+        total = bf16_in_f32(total)
     tl.store(out_ptr + rows * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -254,13 +257,28 @@ def _load_fma_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight,
 
 
 @triton.jit
+def _dot_operand(x, EMULATE: tl.constexpr):
+    """x as a ``tl.dot`` operand: bf16 stays bf16 (its values may be beyond fp16's range; the
+    weights are decoded to bf16 to match), held in fp32 under the interpreter (``EMULATE``:
+    see ``tiles.py``); fp16 and fp32 go to fp16."""
+    if x.dtype == tl.bfloat16:
+        if EMULATE:
+            return x.to(tl.float32)
+        else:
+            return x
+    else:
+        return x.to(tl.float16)
+
+
+@triton.jit
 def _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n, mask_n, M, k0, k_end, stride_xm,
                     stride_qweight, stride_qzeros, stride_scales, GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr,
-                    EVEN_K: tl.constexpr):
+                    EVEN_K: tl.constexpr, EMULATE: tl.constexpr):
     """What a GEMV-layout ``tl.dot`` tile at column ``k0`` reads, all zero from ``k_end`` on: the
     words ``[offs_n, k0 / 8 ...]``, the zeros (int32) and scales of their group (1-D: their
     ``[:, None]`` takes the words' register layout) and ``x^T [BLOCK_K, BLOCK_M]`` with its rows
-    in ``dequant_gemv_words_f16``'s column order. The tile lies in K (``BLOCK_K`` divides the group size)."""
+    in ``dequant_gemv_words``' column order, as ``_dot_operand``. The tile lies in K (``BLOCK_K``
+    divides the group size)."""
     q = _load_gemv_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K)
     # "is the tile before k_end" as tensors (the interpreter refuses scalar masks): one value per tile
     live_n = mask_n & (offs_n * 0 + k0 < k_end)
@@ -269,14 +287,14 @@ def _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n, 
     offs_k = k0 + (p // 8) * 8 + nibble_of_output(p)
     live_k = p * 0 + k0 < k_end
     x_t = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
-                  mask=(offs_m[None, :] < M) & live_k[:, None], other=0.0).to(tl.float16)
-    return q, z, s, x_t
+                  mask=(offs_m[None, :] < M) & live_k[:, None], other=0.0)
+    return q, z, s, _dot_operand(x_t, EMULATE)
 
 
 @triton.jit
 def _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn, mask_pn, offs_n, M, N, k0, k_end,
                     stride_xm, stride_qweight, stride_qzeros, stride_scales, GROUP_SIZE: tl.constexpr,
-                    BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+                    BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, EMULATE: tl.constexpr):
     """What a GEMM-layout ``tl.dot`` tile at row ``k0`` reads, all zero from ``k_end`` on: the words
     ``[k0 ..., offs_pn]``, the zero words and scales of their group and ``x [BLOCK_M, BLOCK_K]``.
     The tile lies in K (``BLOCK_K`` divides the group size); ``EVEN_N``: and in N."""
@@ -294,8 +312,8 @@ def _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn,
     zw = tl.load(qzeros_ptr + group * stride_qzeros + offs_pn, mask=live_pn, other=0)
     s = tl.load(scales_ptr + group * stride_scales + offs_n, mask=live_n, other=0.0)
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                mask=(offs_m[:, None] < M) & live_k[None, :], other=0.0).to(tl.float16)
-    return q, zw, s, x
+                mask=(offs_m[:, None] < M) & live_k[None, :], other=0.0)
+    return q, zw, s, _dot_operand(x, EMULATE)
 
 
 @triton.jit
@@ -350,8 +368,10 @@ def awq_gemm_layout_kernel(
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PTX: tl.constexpr,
     PREFETCH: tl.constexpr, W_FIRST: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr,
+    EMULATE: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M == 1
+    DOT_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16  # tl.dot in bf16 (_dot_operand)
     _wait_for_previous_kernel(PDL)
     # grid (m, n, k): neighbours in launch order take neighbouring column blocks, i.e. the
     # neighbouring bytes of each packed row [k, :]
@@ -376,7 +396,7 @@ def awq_gemm_layout_kernel(
             q_next, zw_next, s_next, x_next = _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn,
                                                               mask_pn, offs_n, M, N, k_start, k_end, stride_xm,
                                                               stride_qweight, stride_qzeros, stride_scales,
-                                                              GROUP_SIZE, BLOCK_K, EVEN_N)
+                                                              GROUP_SIZE, BLOCK_K, EVEN_N, EMULATE)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         if FMA:
@@ -396,12 +416,12 @@ def awq_gemm_layout_kernel(
                 q_next, zw_next, s_next, x_next = _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m,
                                                                   offs_pn, mask_pn, offs_n, M, N, k0 + BLOCK_K, k_end,
                                                                   stride_xm, stride_qweight, stride_qzeros,
-                                                                  stride_scales, GROUP_SIZE, BLOCK_K, EVEN_N)
+                                                                  stride_scales, GROUP_SIZE, BLOCK_K, EVEN_N, EMULATE)
             else:
                 q, zw, s, x = _load_gemm_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_pn, mask_pn,
                                               offs_n, M, N, k0, k_end, stride_xm, stride_qweight, stride_qzeros,
-                                              stride_scales, GROUP_SIZE, BLOCK_K, EVEN_N)
-            w = dequant_gemm_words_f16(q, zw, s.to(tl.float16), BLOCK_K, BLOCK_N, USE_PTX)
+                                              stride_scales, GROUP_SIZE, BLOCK_K, EVEN_N, EMULATE)
+            w = dequant_gemm_words(q, zw, s, BLOCK_K, BLOCK_N, DOT_BF16, USE_PTX, EMULATE)
             if W_FIRST:  # out^T = W^T @ x^T: the weight tile is the dot's 64+-row left operand
                 acc = tl.dot(tl.trans(w), tl.trans(x), acc)
             else:
@@ -434,9 +454,10 @@ def awq_gemv_layout_kernel(
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_FIRST: tl.constexpr,
     EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
-    INTERLEAVE_K: tl.constexpr, SILU_MUL: tl.constexpr,
+    INTERLEAVE_K: tl.constexpr, SILU_MUL: tl.constexpr, EMULATE: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
+    DOT_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16  # tl.dot in bf16 (_dot_operand)
     # one fp16 token per program: fp16x2 arithmetic, words and x read as int64 (8-byte aligned)
     X_F16: tl.constexpr = BLOCK_M == 1 and x_ptr.dtype.element_ty == tl.float16
     WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
@@ -484,7 +505,7 @@ def awq_gemv_layout_kernel(
         if PREFETCH:
             q_next, z_next, s_next, x_next = _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n,
                                                              mask_n, M, k_start, k_end, stride_xm, stride_qweight,
-                                                             stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K, EVEN_K)
+                                                             stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K, EVEN_K, EMULATE)
     for k0 in range(k_start, k_end, k_step):
         if FMA:  # word by word in the words' register layout: no reshape
             offs_pk = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # packed (word) columns
@@ -548,12 +569,12 @@ def awq_gemv_layout_kernel(
                 q_next, z_next, s_next, x_next = _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m,
                                                                  offs_n, mask_n, M, k0 + k_step, k_end, stride_xm,
                                                                  stride_qweight, stride_qzeros, stride_scales,
-                                                                 GROUP_SIZE, BLOCK_K, EVEN_K)
+                                                                 GROUP_SIZE, BLOCK_K, EVEN_K, EMULATE)
             else:
                 q, z, s, x_t = _load_gemv_tile(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, offs_m, offs_n, mask_n, M,
                                                k0, k_end, stride_xm, stride_qweight, stride_qzeros, stride_scales,
-                                               GROUP_SIZE, BLOCK_K, EVEN_K)
-            w = dequant_gemv_words_f16(q, z[:, None], s.to(tl.float16)[:, None], BLOCK_N, BLOCK_K, USE_PTX)
+                                               GROUP_SIZE, BLOCK_K, EVEN_K, EMULATE)
+            w = dequant_gemv_words(q, z[:, None], s[:, None], BLOCK_N, BLOCK_K, DOT_BF16, USE_PTX, EMULATE)
             if W_FIRST:  # out^T = W @ x^T: the weight tile is the dot's 64+-row left operand
                 acc_t = tl.dot(w, x_t, acc_t)
             else:
@@ -697,6 +718,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     meta["PDL"] = pdl = use_ptx and pdl and TRITON_HAS_PDL
     if gemv_layout:
         meta.update(INTERLEAVE_K=cfg.interleave_k, SILU_MUL=silu_mul)
+    meta["EMULATE"] = interpreting()  # bf16 carried in fp32: the interpreter's bf16 is not numeric
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:

@@ -18,6 +18,12 @@ int4 -> fp16 without a conversion instruction: ``0x6400 | q`` read as fp16 is ``
 exactly, so ``(1024 + q) - (1024 + z)`` is the exact integer ``q - z``, and one multiply by the
 scale rounds once, as AutoAWQ's own ``(q - z) * s`` does.
 
+int4 -> bf16 (the ``tl.dot`` paths with bf16 activations, whose values fp16 cannot hold): the
+same with ``0x4300 | q``, which reads as bf16 ``128 + q``; the scale is taken to bf16 first, so
+each weight is ``(q - z) * bf16(s)`` rounded once to bf16. The Triton interpreter keeps bf16 as
+raw 16-bit integers (its bf16 arithmetic and ``tl.dot`` are not numeric), so under it
+(``EMULATE``) the same bf16 values are carried in fp32 and the dot runs in fp32.
+
 int4 -> fp32 for the FMA paths, two integer instructions per weight: the nibble is shifted to
 mantissa bits 19..22 and or-ed into the bit pattern of 1.0, which reads as ``1 + q / 16``
 exactly. The zero point and scale are folded once per group or per packed word:
@@ -351,13 +357,44 @@ def _f16_plus_1024(q):
 
 
 @triton.jit
+def bf16_in_f32(v):
+    """fp32 ``v`` rounded to the nearest bf16 (ties to even), held in fp32: integer arithmetic on
+    its bits, exact under the interpreter too, whose own conversion to bf16 errs by up to 2^-7
+    (a value that bf16 holds exactly converts exactly there)."""
+    bits = v.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # -65536 = 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def as_bf16(v, EMULATE: tl.constexpr):
+    """fp32 or fp16 ``v`` rounded to bf16: a bf16 tensor, or under the interpreter (``EMULATE``)
+    the bf16 values held in fp32."""
+    if EMULATE:
+        return bf16_in_f32(v.to(tl.float32))
+    else:
+        return v.to(tl.float32).to(tl.bfloat16)
+
+
+@triton.jit
+def _whole_tile_weights(q, z, s, BF16: tl.constexpr):
+    """``(q - z) * s`` for int32 nibbles ``q`` and zeros ``z``: in fp16 (rounded once), or with
+    ``BF16`` the exact product ``(q - z) * bf16(s)`` rounded once to bf16, held in fp32."""
+    if BF16:
+        return bf16_in_f32((q - z).to(tl.float32) * bf16_in_f32(s.to(tl.float32)))
+    else:
+        return (_f16_plus_1024(q) - _f16_plus_1024(z)) * s.to(tl.float16)
+
+
+@triton.jit
 def dequant_gemm_layout_tile(
     qweight_ptr, qzeros_ptr, scales_ptr,
     offs_k, pid_n, k0, K, N,
     stride_qweight, stride_qzeros, stride_scales,
-    GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BF16: tl.constexpr = False,
 ):
-    """fp16 ``W[k, n]`` for rows ``offs_k`` and the ``pid_n``-th block of ``BLOCK_N`` columns.
+    """fp16 (``BF16``: bf16 values in fp32) ``W[k, n]`` for rows ``offs_k`` and the ``pid_n``-th block of
+    ``BLOCK_N`` columns.
 
     GEMM layout: ``qweight [K, N/8]``, nibble ``i`` of a word holds column ``8j + ORDER[i]``,
     ``ORDER = [0, 2, 4, 6, 1, 3, 5, 7]``; so column ``8j + c`` sits at shift
@@ -378,8 +415,7 @@ def dequant_gemm_layout_tile(
     shifts = 4 * (c // 2) + 16 * (c % 2)
     q = tl.reshape((q[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_K, BLOCK_N))
     z = tl.reshape((z[:, None] >> shifts[None, :]) & 0xF, (BLOCK_N,))
-    w = (_f16_plus_1024(q) - _f16_plus_1024(z)[None, :]) * s.to(tl.float16)[None, :]
-    return w  # [BLOCK_K, BLOCK_N]
+    return _whole_tile_weights(q, z[None, :], s[None, :], BF16)  # [BLOCK_K, BLOCK_N]
 
 
 @triton.jit
@@ -387,9 +423,10 @@ def dequant_gemv_layout_tile(
     qweight_ptr, qzeros_ptr, scales_ptr,
     offs_n, k0, K, N,
     stride_qweight, stride_qzeros, stride_scales,
-    GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BF16: tl.constexpr = False,
 ):
-    """fp16 ``W[n, k]`` (transposed tile) for rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K``.
+    """fp16 ``W[n, k]`` (transposed tile) for rows ``offs_n`` and columns ``k0 .. k0+BLOCK_K``
+    (``BF16``: as ``dequant_gemm_layout_tile``).
 
     GEMV layout: ``qweight [N, K/8]`` with nibble ``i`` holding column ``8j + i``;
     ``qzeros [N, Z]`` packs the zero of group ``g`` in word ``g // 8``, nibble ``g % 8``;
@@ -408,8 +445,7 @@ def dequant_gemv_layout_tile(
 
     shifts = 4 * tl.arange(0, 8)
     q = tl.reshape((q[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
-    w = (_f16_plus_1024(q) - _f16_plus_1024(z)[:, None]) * s.to(tl.float16)[:, None]
-    return w  # [BLOCK_N, BLOCK_K]
+    return _whole_tile_weights(q, z[:, None], s[:, None], BF16)  # [BLOCK_N, BLOCK_K]
 
 
 # One packed word to 8 fp16 values in pairs (Marlin's trick, for the tl.dot paths): a LOP3 puts two
@@ -529,3 +565,109 @@ def dequant_gemm_words_f16(q, zw, s, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexp
     z0, z1, z2, z3, z4, z5, z6, z7 = words_to_f16(zw[None, :], USE_PTX)
     zf = _tile8(z0, z1, z2, z3, z4, z5, z6, z7, 1, BLOCK_N)
     return (w - zf) * s[None, :]  # (1024 + q) - (1024 + z) = q - z exactly; one rounding
+
+
+# --- bf16 ----------------------------------------------------------------------------------
+
+# One packed word to 8 bf16 values ``128 + q`` in pairs, in ``words_to_f16``'s order: a LOP3 puts
+# the nibbles 16 bits apart into the mantissas of a bf16x2 with the exponent of 128 (bf16 has 7
+# mantissa bits, so a nibble must sit in bits 0..3: three shifts bring the other pairs there).
+_DECODE_PAIRS_BF16 = """
+.reg .b32 w, a, b, c, d, m, e, one, nz;
+mov.b32 m, 0x000F000F;
+mov.b32 e, 0x43004300;
+mov.b32 one, 0x3F803F80;
+mov.b32 nz, 0x80008000;
+lop3.b32 a, $8, m, e, 0xEA;
+shr.u32 w, $8, 4;
+lop3.b32 b, w, m, e, 0xEA;
+shr.u32 w, $8, 8;
+lop3.b32 c, w, m, e, 0xEA;
+shr.u32 w, $8, 12;
+lop3.b32 d, w, m, e, 0xEA;
+"""
+_WORD_TO_BF16_PTX: tl.constexpr = tl.constexpr("{" + _DECODE_PAIRS_BF16 + _OUTPUT_PAIRS + "}")
+# ``(q - z) s`` with one zero and scale per word: ``(128 + q) * 1 - (128 + z)`` is the exact
+# ``q - z``, ``* s - 0`` rounds once (FMAs: bf16x2 sub and mul need sm_90, FMA sm_80). Inputs:
+# ``$9`` = bf16x2 bits of ``-(128 + z)``, ``$10`` = of ``s``, both halves equal.
+_DEQUANT8_BF16_PTX: tl.constexpr = tl.constexpr("{" + _DECODE_PAIRS_BF16 + """
+fma.rn.bf16x2 a, a, one, $9;
+fma.rn.bf16x2 b, b, one, $9;
+fma.rn.bf16x2 c, c, one, $9;
+fma.rn.bf16x2 d, d, one, $9;
+fma.rn.bf16x2 a, a, $10, nz;
+fma.rn.bf16x2 b, b, $10, nz;
+fma.rn.bf16x2 c, c, $10, nz;
+fma.rn.bf16x2 d, d, $10, nz;
+""" + _OUTPUT_PAIRS + "}")
+
+
+@triton.jit
+def _nibbles_in_output_order(words):
+    """The 8 nibbles of each word as int32, in the order 0, 4, 1, 5, 2, 6, 3, 7."""
+    return (words & 0xF, (words >> 16) & 0xF, (words >> 4) & 0xF, (words >> 20) & 0xF,
+            (words >> 8) & 0xF, (words >> 24) & 0xF, (words >> 12) & 0xF, (words >> 28) & 0xF)
+
+
+@triton.jit
+def _scaled_bf16(q, z, s32, EMULATE: tl.constexpr):
+    """``(q - z) * s32`` (int32 ``q``, ``z``; fp32 ``s32`` holding a bf16 value) rounded once to bf16."""
+    return as_bf16((q - z).to(tl.float32) * s32, EMULATE)
+
+
+@triton.jit
+def dequant8_bf16(words, z, s, USE_PTX: tl.constexpr, EMULATE: tl.constexpr):
+    """``dequant8_f16`` in bf16: the 8 weights ``(q - z) * bf16(s)`` of each packed word, each
+    rounded once, in the order of ``words_to_f16``; ``z`` (int32) and ``s`` broadcast to ``words``."""
+    if USE_PTX:
+        zn = (0xC300 + z) * 0x10001  # -(128 + z): the ulp of 128 is 1
+        sp = (as_bf16(s, False).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) * 0x10001
+        return tl.inline_asm_elementwise(_DEQUANT8_BF16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r",
+                                         [words, zn, sp], dtype=(tl.bfloat16, ) * 8, is_pure=True, pack=1)
+    else:
+        s32 = bf16_in_f32(s.to(tl.float32))
+        q0, q1, q2, q3, q4, q5, q6, q7 = _nibbles_in_output_order(words)
+        return (_scaled_bf16(q0, z, s32, EMULATE), _scaled_bf16(q1, z, s32, EMULATE),
+                _scaled_bf16(q2, z, s32, EMULATE), _scaled_bf16(q3, z, s32, EMULATE),
+                _scaled_bf16(q4, z, s32, EMULATE), _scaled_bf16(q5, z, s32, EMULATE),
+                _scaled_bf16(q6, z, s32, EMULATE), _scaled_bf16(q7, z, s32, EMULATE))
+
+
+@triton.jit
+def words_to_bf16(words):
+    """``128 + q`` (bf16) for the 8 nibbles ``q`` of each packed word, in ``words_to_f16``'s order (PTX)."""
+    return tl.inline_asm_elementwise(_WORD_TO_BF16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words],
+                                     dtype=(tl.bfloat16, ) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
+def dequant_gemv_words(q, z, s, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BF16: tl.constexpr,
+                       USE_PTX: tl.constexpr, EMULATE: tl.constexpr):
+    """``dequant_gemv_words_f16`` (``s`` in any float type), or in bf16 (``BF16``)."""
+    if BF16:
+        o0, o1, o2, o3, o4, o5, o6, o7 = dequant8_bf16(q, z, s, USE_PTX, EMULATE)
+        return _tile8(o0, o1, o2, o3, o4, o5, o6, o7, BLOCK_N, BLOCK_K)
+    else:
+        return dequant_gemv_words_f16(q, z, s.to(tl.float16), BLOCK_N, BLOCK_K, USE_PTX)
+
+
+@triton.jit
+def dequant_gemm_words(q, zw, s, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BF16: tl.constexpr,
+                       USE_PTX: tl.constexpr, EMULATE: tl.constexpr):
+    """``dequant_gemm_words_f16`` (``s`` in any float type), or in bf16 (``BF16``): the zero
+    changes along the word here, so ``128 + q`` and ``128 + z`` are decoded apart and
+    ``((128 + q) - (128 + z)) * s`` rounds once."""
+    if not BF16:
+        return dequant_gemm_words_f16(q, zw, s.to(tl.float16), BLOCK_K, BLOCK_N, USE_PTX)
+    elif USE_PTX:
+        o0, o1, o2, o3, o4, o5, o6, o7 = words_to_bf16(q)
+        w = _tile8(o0, o1, o2, o3, o4, o5, o6, o7, BLOCK_K, BLOCK_N)
+        z0, z1, z2, z3, z4, z5, z6, z7 = words_to_bf16(zw[None, :])
+        zf = _tile8(z0, z1, z2, z3, z4, z5, z6, z7, 1, BLOCK_N)
+        return (w - zf) * as_bf16(s, False)[None, :]
+    else:
+        q0, q1, q2, q3, q4, q5, q6, q7 = _nibbles_in_output_order(q)
+        w = _tile8(q0, q1, q2, q3, q4, q5, q6, q7, BLOCK_K, BLOCK_N)
+        z0, z1, z2, z3, z4, z5, z6, z7 = _nibbles_in_output_order(zw[None, :])
+        z = _tile8(z0, z1, z2, z3, z4, z5, z6, z7, 1, BLOCK_N)
+        return _scaled_bf16(w, z, bf16_in_f32(s.to(tl.float32))[None, :], EMULATE)
