@@ -31,7 +31,8 @@ import triton.language as tl
 
 from .dispatch import DispatchPlan, default_plan
 from .launch import interpreting, launch
-from .matmul import _cdiv, _wait_for_previous_kernel, TRITON_HAS_PDL, current_stream
+from .matmul import _cdiv, _wait_for_previous_kernel, TRITON_HAS_PDL
+from .scratch import current_stream, persistent_zeros
 
 LOG2E = 1.4426950408889634
 
@@ -151,14 +152,14 @@ def _workspace(device: torch.device, stream: int, slots: int, head_dim: int, hea
     """Partial sums ``[slots, head_dim]``, their ``(m, l)`` and a zero ticket per head, shared
     by every launch of these sizes on one stream (launches on a stream are ordered; another
     stream gets its own, so concurrent requests never merge each other's splits). Never
-    replaced: a CUDA graph that captured them keeps their addresses."""
+    replaced: a CUDA graph that captured them keeps their addresses. Allocated by
+    ``scratch.persistent_zeros``."""
     key = (device, stream, slots, head_dim, heads_total)
     found = _WORKSPACES.get(key)
     if found is None:
-        found = (torch.empty(slots * head_dim, dtype=torch.float32, device=device),
-                 torch.empty(2 * slots, dtype=torch.float32, device=device),
-                 torch.zeros(heads_total, dtype=torch.int32, device=device))
-        _WORKSPACES[key] = found
+        partial, stats, tickets = persistent_zeros(
+            device, ((slots * head_dim, torch.float32), (2 * slots, torch.float32), (heads_total, torch.int32)))
+        found = _WORKSPACES[key] = (partial, stats, tickets)
     return found
 
 

@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from .launch import interpreting, launch
+from .scratch import current_stream, persistent_zeros
 from .tiles import (
     bf16_in_f32,
     dequant_gemm_words,
@@ -619,14 +620,7 @@ def _geometry(cfg: MatmulConfig, gemv_layout: bool, group_size: int, M: int, N: 
     return grid, k_iters, split_k
 
 _WORKSPACES: dict[tuple[torch.device, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def current_stream(device: torch.device) -> int:
-    """The raw handle of the stream launches on ``device`` go to now (0 off the GPU)."""
-    if device.type != "cuda":
-        return 0
-    return int(torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else
-                                                   torch.cuda.current_device()))
+_OUTGROWN: list[tuple[torch.Tensor, torch.Tensor]] = []  # kept: captured graphs may still use them
 
 
 def _workspace(device: torch.device, stream: int, rows: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -635,14 +629,16 @@ def _workspace(device: torch.device, stream: int, rows: int, n: int, tiles: int)
     Shared by every layer of the same width whose launches go to the same stream: launches on
     one stream are ordered, so sharing is safe there. Each stream has its own, so that a model
     run on two streams at once (two requests served concurrently) never mixes partial sums; a
-    CUDA graph captures the one of its capture stream and keeps it (it is never replaced, only
-    outgrown by a larger one for new launches).
+    CUDA graph captures the one of its capture stream and keeps it (it is never freed, only
+    outgrown by a larger one for new launches). Allocated by ``scratch.persistent_zeros``.
     """
     key = (device, stream, rows, n)
     found = _WORKSPACES.get(key)
     if found is None or found[1].numel() < tiles:
-        found = (torch.zeros(rows, n, dtype=torch.float32, device=device),
-                 torch.zeros(max(tiles, 1), dtype=torch.int32, device=device))
+        if found is not None:
+            _OUTGROWN.append(found)
+        workspace, tickets = persistent_zeros(device, ((rows * n, torch.float32), (max(tiles, 1), torch.int32)))
+        found = (workspace.view(rows, n), tickets)
         _WORKSPACES[key] = found
     return found
 
