@@ -23,9 +23,9 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-from awq_kernel_select import load_quantized, quantize  # noqa: E402
-from awq_kernel_select.bench.smollm2 import smollm2_fp16  # noqa: E402
-from awq_kernel_select.perplexity import held_out_text, perplexity  # noqa: E402
+from awq_kernel_select import load_quantized, quantize
+from awq_kernel_select.bench.smollm2 import smollm2_fp16
+from awq_kernel_select.perplexity import held_out_text, perplexity
 
 def main() -> None:
     parser = argparse.ArgumentParser()

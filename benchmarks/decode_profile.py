@@ -35,11 +35,11 @@ import torch
 
 
 
-from awq_kernel_select.bench.latency import eager_decode_step, prefilled_static_cache, random_prompt, repeatable_step  # noqa: E402
-from awq_kernel_select.bench.model import embedded_models, packed_bytes_per_token  # noqa: E402
-from awq_kernel_select.bench.timing import capture_graph, copy_bandwidth  # noqa: E402
-from awq_kernel_select.fuse import fuse_projections  # noqa: E402
-from awq_kernel_select.modules import set_layout  # noqa: E402
+from awq_kernel_select.bench.latency import eager_decode_step, prefilled_static_cache, random_prompt, repeatable_step
+from awq_kernel_select.bench.model import embedded_models, packed_bytes_per_token
+from awq_kernel_select.bench.timing import capture_graph, copy_bandwidth
+from awq_kernel_select.fuse import fuse_projections
+from awq_kernel_select.modules import set_layout
 
 GROUPS = [("ours", ("awq_",)), ("cublas", ("gemm", "gemv", "nvjet", "cutlass", "sm90_", "cublas")),
           ("attention", ("flash", "fmha", "attention", "sdpa", "efficient")), ("inductor", ("triton_",))]

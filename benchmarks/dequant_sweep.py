@@ -16,11 +16,11 @@ from unittest import mock
 import torch
 
 
-from benchmarks.kernels import GROUP, SHAPES_7B, SHAPES_70B, make_layer, packed_bytes  # noqa: E402
+from benchmarks.kernels import GROUP, SHAPES_7B, SHAPES_70B, make_layer, packed_bytes
 
-from awq_kernel_select import layouts as L  # noqa: E402
-from awq_kernel_select.bench.timing import copies_to_evict_l2, time_graph  # noqa: E402
-from awq_kernel_select.kernels import dequant, dispatch  # noqa: E402
+from awq_kernel_select import layouts as L
+from awq_kernel_select.bench.timing import copies_to_evict_l2, time_graph
+from awq_kernel_select.kernels import dequant, dispatch
 
 MB = 2**20
 

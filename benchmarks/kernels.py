@@ -3,6 +3,7 @@
 Run on a GPU::
 
     python -m benchmarks.kernels --out docs/kernels            # the full table (a few minutes)
+    python -m benchmarks.kernels --dtype bf16 --out /tmp/bf16  # the same with bf16 activations
     python -m benchmarks.kernels --sweep --out /tmp/sweep      # tile-configuration sweep
 
 The sweep writes the best tiles per shape and M through ``awq_kernel_select.measured``'s one
@@ -32,14 +33,13 @@ from typing import Any, Callable
 
 import torch
 
-
-from benchmarks import peers  # noqa: E402
-
-from awq_kernel_select import layouts as L  # noqa: E402
-from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph  # noqa: E402
-from awq_kernel_select.kernels import awq_linear  # noqa: E402
-from awq_kernel_select.kernels.dispatch import default_plan  # noqa: E402
-from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
+from awq_kernel_select import layouts as L
+from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph
+from awq_kernel_select.kernels import awq_linear
+from awq_kernel_select.kernels.dispatch import default_plan
+from awq_kernel_select.kernels.matmul import MatmulConfig
+from benchmarks import peers
+from benchmarks.report_kernels import write_report
 
 SHAPES_7B = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N)
 SHAPES_70B = [(8192, 8192), (8192, 28672), (28672, 8192)]
@@ -64,8 +64,11 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref).norm() / ref.norm())
 
 
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# "fp16" is the dense baseline: cuBLAS F.linear in the activations' dtype (bf16 with --dtype bf16);
+# the key keeps its name so that reports and data files read the same in either dtype
 CONTENDERS: dict[str, Callable[..., Any]] = {
-    "fp16": peers.fp16_linear,
+    "fp16": peers.dense_linear,
     "ours_gemv_layout": peers.ours("gemv"),
     "ours_gemm_layout": peers.ours("gemm"),
     "ours_gemv_layout_pdl": peers.ours("gemv", pdl=True),
@@ -86,6 +89,7 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     ms = args.ms or (MS if not args.quick else [1, 16, 256, 1024])
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    dtype = DTYPES[args.dtype]
     for k, n in shapes:
         copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
         layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
@@ -97,14 +101,14 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
             if args.only and name not in args.only:
                 continue
             try:
-                built[name] = [build(*layer, GROUP) for layer in layers[: (fp16_copies if name == "fp16" else copies)]]
+                built[name] = [build(*layer, GROUP, dtype) for layer in layers[: (fp16_copies if name == "fp16" else copies)]]
             except peers.Unavailable as exc:
                 print(f"  {name}: unavailable: {exc}", flush=True)
                 rows.append({"K": k, "N": n, "contender": name, "unavailable": str(exc)})
         # every contender at one M before the next M: side by side in time, so that a slow
         # clock after the compute-heavy M = 4096 calls cannot favour one contender
         for m in ms:
-            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
             for name, ops in built.items():
                 forced = name.split(":")[1] if ":" in name else None
                 if forced and not FORCED_RANGE[forced][0] <= m <= FORCED_RANGE[forced][1]:
@@ -276,6 +280,8 @@ def main() -> None:
                         help="--sweep: save the tiles into the package's file for this GPU model, not the user's overlay")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--only", nargs="*", help="contenders to run")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp16",
+                        help="the activations' dtype (table only); the dense baseline uses it too")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
@@ -286,7 +292,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "autoawq_path": peers.autoawq_path_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "group_size": GROUP, "tile_table": default_plan(torch.device("cuda")).describe(),
+        "group_size": GROUP, "dtype": args.dtype, "tile_table": default_plan(torch.device("cuda")).describe(),
     }
     try:
         import triton
@@ -302,8 +308,6 @@ def main() -> None:
     name = "sweep.json" if args.sweep else "kernels.json"
     (args.out / name).write_text(json.dumps(result, indent=1))
     if not args.sweep:
-        from report_kernels import write_report
-
         write_report(result, args.out)
     print(f"wrote {args.out / name} in {result['wall_s']:.0f} s", flush=True)
 

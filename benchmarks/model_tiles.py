@@ -32,16 +32,16 @@ from typing import Any, Callable
 import torch
 
 
-from awq_kernel_select.bench.latency import prefilled_static_cache, random_prompt, repeatable_step  # noqa: E402
-from awq_kernel_select.bench.model import embedded_models  # noqa: E402
-from awq_kernel_select.bench.timing import time_graph  # noqa: E402
-from awq_kernel_select.fuse import fuse_projections  # noqa: E402
-from awq_kernel_select.detect import cuda_device  # noqa: E402
-from awq_kernel_select.kernels import dispatch  # noqa: E402
-from awq_kernel_select.kernels.dispatch import DispatchPlan, TunedEntry  # noqa: E402
-from awq_kernel_select.kernels.matmul import MatmulConfig  # noqa: E402
-from awq_kernel_select.measured import save_measurement  # noqa: E402
-from awq_kernel_select.modules import drop_kept_launches, set_layout, set_plan  # noqa: E402
+from awq_kernel_select.bench.latency import prefilled_static_cache, random_prompt, repeatable_step
+from awq_kernel_select.bench.model import embedded_models
+from awq_kernel_select.bench.timing import time_graph
+from awq_kernel_select.fuse import fuse_projections
+from awq_kernel_select.detect import cuda_device
+from awq_kernel_select.kernels import dispatch
+from awq_kernel_select.kernels.dispatch import DispatchPlan, TunedEntry
+from awq_kernel_select.kernels.matmul import MatmulConfig
+from awq_kernel_select.measured import save_measurement
+from awq_kernel_select.modules import drop_kept_launches, set_layout, set_plan
 
 SHAPES = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)]  # (K, N): q/k/v, o, gate/up, down
 GROUP = 128

@@ -1,8 +1,9 @@
 """The kernels we compare with, each built from the same 4-bit integers, scales and zeros.
 
-Every builder takes ``(intweight [N, K] int32, zeros [N, K/G] int32, scales [N, K/G] fp16, G)``
-on the GPU and returns ``op(x [M, K] fp16) -> [M, N]``, or raises ``Unavailable`` with the
-reason (printed in the table, never hidden).
+Every builder takes ``(intweight [N, K] int32, zeros [N, K/G] int32, scales [N, K/G] fp16, G,
+dtype)`` on the GPU, ``dtype`` being the activations' (fp16 or bf16), and returns
+``op(x [M, K] dtype) -> [M, N]``, or raises ``Unavailable`` with the reason (printed in the table,
+never hidden).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ class Unavailable(RuntimeError):
     pass
 
 
-def fp16_linear(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op:
+def dense_linear(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int, dtype: torch.dtype) -> Op:
+    """cuBLAS ``F.linear`` on the dequantized weight in the activations' dtype."""
     packed = L.pack(q, z, s, g, "gemm")
-    w = L.dequantize(packed, torch.float16).contiguous()  # [N, K], the same function as ours
+    w = L.dequantize(packed, dtype).contiguous()  # [N, K], the same function as ours
     return lambda x: torch.nn.functional.linear(x, w)
 
 
@@ -31,7 +33,7 @@ def ours(layout: str, path: str = "auto", pdl: bool = False
          ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], Op]:
     """This library's ``awq_linear``; ``pdl``: launched with programmatic dependent launch
     (``AWQ_KERNEL_SELECT_PDL=1``)."""
-    def build(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op:
+    def build(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int, dtype: torch.dtype) -> Op:
         packed = L.pack(q, z, s, g, layout)
 
         def op(x: torch.Tensor) -> torch.Tensor:
@@ -46,8 +48,9 @@ def ours(layout: str, path: str = "auto", pdl: bool = False
     return build
 
 
-def tinygemm(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op:
-    """torch's int4 tinygemm (bf16 only): w = (q - 8) * scale + zero, so zero = (8 - z) * s."""
+def tinygemm(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int, dtype: torch.dtype) -> Op:
+    """torch's int4 tinygemm (bf16 only: fp16 input is converted, as a user would have to):
+    w = (q - 8) * scale + zero, so zero = (8 - z) * s."""
     if not hasattr(torch.ops.aten, "_weight_int4pack_mm"):
         raise Unavailable("torch has no _weight_int4pack_mm")
     if torch.cuda.get_device_capability() < (8, 0):
@@ -59,24 +62,25 @@ def tinygemm(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op:
     scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
 
     def op(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int4pack_mm(x.to(torch.bfloat16), packed, g, scales_and_zeros)
+        return torch.ops.aten._weight_int4pack_mm(x.to(torch.bfloat16), packed, g, scales_and_zeros)  # bf16 out
 
     return op
 
 
-def gemlite(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op:
+def gemlite(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int, dtype: torch.dtype) -> Op:
     try:
         from gemlite.helper import A16Wn
     except Exception as exc:  # not installed, or its Triton too old
         raise Unavailable(f"gemlite not importable: {type(exc).__name__}: {exc}") from exc
-    layer = A16Wn(device=str(q.device), dtype=torch.float16).from_weights(
-        W_q=q.to(torch.uint8), scales=s.half(), zeros=z.half(), W_nbits=4, group_size=g
+    layer = A16Wn(device=str(q.device), dtype=dtype).from_weights(
+        W_q=q.to(torch.uint8), scales=s.to(dtype), zeros=z.to(dtype), W_nbits=4, group_size=g
     )
     return lambda x: layer(x)
 
 
-def autoawq(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op:
-    """AutoAWQ's WQLinear_GEMM as it runs on this stack (awq_ext, else its Triton GEMM)."""
+def autoawq(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int, dtype: torch.dtype) -> Op:
+    """AutoAWQ's WQLinear_GEMM as it runs on this stack (awq_ext, else its Triton GEMM).
+    AutoAWQ computes in fp16: bf16 input goes through fp16 and back, as it does in a bf16 model."""
     try:
         from awq.modules.linear.gemm import WQLinear_GEMM
     except Exception as exc:
@@ -86,7 +90,7 @@ def autoawq(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int) -> Op:
     layer = WQLinear_GEMM(4, g, k, n, False, q.device)
     layer.qweight, layer.qzeros, layer.scales = packed.qweight, packed.qzeros, packed.scales
     # 3-D input, as in a model: AutoAWQ's "tokens >= 1024" test reads x.shape[0] * x.shape[1]
-    return lambda x: layer(x.unsqueeze(0)).squeeze(0)
+    return lambda x: layer(x.unsqueeze(0).half()).squeeze(0).to(dtype)
 
 
 def autoawq_path_name() -> str:

@@ -18,12 +18,12 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from awq_kernel_select.bench.model import embedded_tokenizer  # noqa: E402
+from awq_kernel_select.bench.model import embedded_tokenizer
 
-from awq_kernel_select.bench.model import LLAMA2_7B, random_llama  # noqa: E402
-from awq_kernel_select.calibration import prepare_calibration  # noqa: E402
-from awq_kernel_select.load import load_quantized  # noqa: E402
-from awq_kernel_select.quantize import quantize  # noqa: E402
+from awq_kernel_select.bench.model import LLAMA2_7B, random_llama
+from awq_kernel_select.calibration import prepare_calibration
+from awq_kernel_select.load import load_quantized
+from awq_kernel_select.quantize import quantize
 
 
 def per_token_ms(wrapper, ids: torch.Tensor, new: int = 32) -> float:

@@ -30,19 +30,21 @@ def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     table = _index(result)
     shown = _shown(result)
+    dense = meta.get("dtype", "fp16")  # the dense baseline's dtype, the activations' dtype
     lines = [
         f"GPU: **{meta['gpu']}** (compute capability {meta['capability'][0]}.{meta['capability'][1]}), "
         f"torch {meta['torch']} (CUDA {meta['cuda']}), triton {meta.get('triton', '?')}, "
-        f"AutoAWQ path on this stack: `{meta['autoawq_path']}`; {meta['date']}; group size {meta['group_size']}.",
+        f"AutoAWQ path on this stack: `{meta['autoawq_path']}`; {meta['date']}; group size {meta['group_size']}; "
+        f"activations {dense}.",
         f"Device-to-device copy bandwidth: {result['bandwidth_Bps'] / 1e12:.2f} TB/s (read + write)."
         + (f" Tiles: {meta['tile_table']}." if "tile_table" in meta else ""),
         "",
-        "Speed-up over fp16 `F.linear` (fp16 time / contender time; higher is better). "
-        "`floor` is fp16 time / (packed bytes / copy bandwidth). `BW%` is our best layout's share "
+        f"Speed-up over {dense} `F.linear` ({dense} time / contender time; higher is better). "
+        f"`floor` is {dense} time / (packed bytes / copy bandwidth). `BW%` is our best layout's share "
         "of that bandwidth (without PDL). `auto/best` is our auto dispatch (GEMM layout) over the best of its "
         "forced paths. `_pdl`: launched with programmatic dependent launch (`AWQ_KERNEL_SELECT_PDL=1`).",
         "",
-        "| K x N | M | fp16 us | " + " | ".join(shown) + " | floor | BW% | auto/best |",
+        f"| K x N | M | {dense} us | " + " | ".join(shown) + " | floor | BW% | auto/best |",
         "|---|---|---|" + "---|" * len(shown) + "---|---|---|",
     ]
     for (k, n, m), times in sorted(table.items()):
@@ -92,7 +94,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log", base=2)
         ax.set_title(f"K={k}, N={n}")
         ax.set_xlabel("M (tokens per forward)")
-        ax.set_ylabel("speed-up over fp16")
+        ax.set_ylabel(f"speed-up over {result['meta'].get('dtype', 'fp16')}")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"int4 (group {result['meta']['group_size']}) linear layers on {result['meta']['gpu']}")
     fig.tight_layout()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-from awq_kernel_select.kernels.attention import DEFAULT_CONFIG, DecodeAttentionConfig, decode_attention  # noqa: E402
+from awq_kernel_select.kernels.attention import DEFAULT_CONFIG, DecodeAttentionConfig, decode_attention
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH}
