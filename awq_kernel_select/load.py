@@ -64,7 +64,7 @@ def load_quantized(
     device: str | torch.device | int | None = None,
     layout: str | None = None,
     trust_remote_code: bool = False,
-    verify: bool = False,
+    verify: bool = True,
     device_map: str | dict[str, int | str] | None = None,
     max_memory: dict[int | str, int | str] | None = None,
     **from_quantized_kwargs: Any,
@@ -85,8 +85,9 @@ def load_quantized(
     ``awq_fuse_report``); attention runs the model's own code, and a SwiGLU MLP becomes a
     :class:`~awq_kernel_select.fuse.GatedMLP` (SiLU x up in the gate/up kernel).
     ``trust_remote_code`` (default False, on every path: AutoAWQ's own default is True) lets a
-    checkpoint's ``auto_map`` run the Python files it ships. ``verify=True`` runs each distinct
-    layer of this library's on random input against a float64 reference before returning
+    checkpoint's ``auto_map`` run the Python files it ships. ``verify`` (default on: it costs
+    15-30 ms on a GPU, as the layers are checked once per distinct shape, ``docs/quantize-load.md``)
+    runs each distinct layer of this library's on random input against a float64 reference before returning
     (:func:`~awq_kernel_select.verify.verify_layers`; the wrapper carries the checks as
     ``awq_verify``) and raises :class:`~awq_kernel_select.verify.VerifyError` naming the layer and
     kernel that is wrong. ``device_map`` ("auto", "balanced" or accelerate's dict of module prefix
