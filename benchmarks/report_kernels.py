@@ -102,6 +102,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "kernels.md").write_text(markdown(result))
     try:
         plot(result, out_dir / "kernels.png")
