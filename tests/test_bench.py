@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from awq_kernel_select.bench.latency import crossover, time_eager_in_turn
 from awq_kernel_select.bench.timing import Timing, copies_to_evict_l2, quantile
 from awq_kernel_select.measured import SCHEMA, MeasuredCrossover, load_all, lookup_crossover, save_crossover
 from awq_kernel_select.probes import Target
 from awq_kernel_select import CC
+from awq_kernel_select.modules import AWQLinear
 
 
 def test_statistics() -> None:
@@ -205,3 +207,38 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: py
     with pytest.raises(OSError, match="disk full"):
         save_crossover(MeasuredCrossover("NVIDIA H100 80GB HBM3", (9, 0), 2), tmp_path / "m.json")
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_checkpoint_is_benched_beside_its_dense_twin_at_the_sizes_asked(fp16_dir: Path, tmp_path: Path) -> None:
+    """`bench --model`: an fp16 baseline of the checkpoint's own (dequantized) weights, and the sizes
+    given on the command line are the ones measured, on the CPU too (they were replaced there)."""
+    from awq_kernel_select import load_quantized, quantize
+    from awq_kernel_select.bench.model import dense_twin
+    from awq_kernel_select.cli import main
+
+    ckpt = tmp_path / "q"
+    quantize(fp16_dir, ckpt, method="rtn", group_size=32, progress=False)
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", str(ckpt), "--out", str(out), "--no-save", "--batch-sizes", "1", "3",
+                 "--prompt-len", "8", "--new-tokens", "2", "--reps", "2"]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert {r["variant"] for r in data["single"]} == {"fp16", "torch_dequant"}
+    assert {int(b) for b in data["sweep"]["torch_dequant"]} == {1, 3}
+    assert any("prompt 8 tokens, 2 generated, batch sizes 1, 3, 2 repetitions" in n for n in data["notes"])
+
+    model = load_quantized(ckpt, device="cpu").model
+    twin = dense_twin(model)
+    assert not any(isinstance(m, AWQLinear) for m in twin.modules())
+    ids = torch.randint(0, model.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, got = model(ids).logits, twin(ids).logits
+    # the same weights; the twin computes in the checkpoint's fp16, the CPU path of the 4-bit model in fp32
+    assert float((got - ref).norm() / ref.norm()) < 2e-3
+
+
+def test_bench_sizes_default_by_device_and_keep_what_is_given() -> None:
+    from awq_kernel_select.bench.run import CPU_SIZES, GPU_SIZES, BenchConfig, sizes_for
+
+    assert sizes_for(BenchConfig(), on_gpu=True) == GPU_SIZES and sizes_for(BenchConfig(), on_gpu=False) == CPU_SIZES
+    given = sizes_for(BenchConfig(prompt_len=7, batch_sizes=(5,)), on_gpu=False)
+    assert (given.prompt_len, given.batch_sizes, given.reps) == (7, (5,), CPU_SIZES.reps)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="an AWQ checkpoint folder (default: embedded model)")
-    parser.add_argument("--layers", type=int, default=32, help="layers of the embedded 7B-shaped model")
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--layers", type=int, help="layers of the embedded model (default: 32 of Llama-2-7B shapes "
+                        "on a GPU; a tiny model of 2 on the CPU)")
+    parser.add_argument("--prompt-len", type=int, help="prompt tokens (default: 128 on a GPU, 16 on the CPU)")
+    parser.add_argument("--new-tokens", type=int, help="tokens generated (default: 32 on a GPU, 4 on the CPU)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        help="the decode-step sweep (default: 1 2 4 8 16 32 64 on a GPU, 1 2 4 on the CPU)")
+    parser.add_argument("--reps", type=int, help="repetitions of each timing (default: 10 on a GPU, 3 on the CPU)")
     parser.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph decode step")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time the decode step under torch.compile (default: on a GPU only)")
@@ -38,11 +40,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     from .report import table, write_all
     from .run import BenchConfig, run_benchmark
 
-    if args.layers < 1 or args.prompt_len < 1 or args.new_tokens < 1 or args.reps < 1:
-        raise ValueError("--layers, --prompt-len, --new-tokens and --reps must be >= 1")
+    for option in ("layers", "prompt_len", "new_tokens", "reps"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ValueError(f"--{option.replace('_', '-')} {value}: must be >= 1")
+    if args.batch_sizes is not None and min(args.batch_sizes) < 1:
+        raise ValueError(f"--batch-sizes {' '.join(map(str, args.batch_sizes))}: each must be >= 1")
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg = BenchConfig(model=args.model, layers=args.layers, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                      batch_sizes=tuple(args.batch_sizes), reps=args.reps, graph=not args.no_graph,
+                      batch_sizes=None if args.batch_sizes is None else tuple(args.batch_sizes), reps=args.reps, graph=not args.no_graph,
                       save_measured=not args.no_save, compile=args.compile,
                       compile_backend=args.compile_backend, fuse=not args.no_fuse, pdl=not args.no_pdl,
                       combo_kernels=not args.no_combo_kernels, decode_attention=not args.no_decode_attention,

@@ -82,6 +82,25 @@ def quantize_linears_rtn(model: nn.Module, group_size: int = 128, layout: str = 
     return model
 
 
+def dense_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose packed linears are plain ``nn.Linear`` holding the dequantized
+    weights, in the dtype of the model's embeddings: the dense baseline of a checkpoint, the
+    same shapes and values as the 4-bit model reads."""
+    twin = copy.deepcopy(model)
+    dtype = twin.get_input_embeddings().weight.dtype  # type: ignore[operator]
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, AWQLinear):
+            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                              device=module.qweight.device, dtype=dtype)
+            with torch.no_grad():
+                dense.weight.copy_(module.dequantize(dtype))
+                if module.bias is not None:
+                    dense.bias.copy_(module.bias)
+            parent = twin.get_submodule(name.rsplit(".", 1)[0]) if "." in name else twin
+            setattr(parent, name.rsplit(".", 1)[-1], dense)
+    return twin
+
+
 def embedded_models(layers: int, device: torch.device, tiny: bool = False, group_size: int = 128) -> BenchModels:
     shape = TINY if tiny else LLAMA2_7B
     fp16 = random_llama(shape, layers, device)

@@ -20,18 +20,37 @@ from ..probes import check
 from ..select import select_kernel
 from .latency import (LatencyResult, crossover, eager_decode_step, measure, measure_compiled, pdl_available,
                       time_eager_in_turn)
-from .model import embedded_models, packed_bytes_per_token
+from .model import dense_twin, embedded_models, packed_bytes_per_token
 from .timing import copy_bandwidth
+
+
+@dataclass(frozen=True)
+class RunSizes:
+    """How much a run measures: the embedded model's layers, the prompt, the tokens generated,
+    the batch sizes of the sweep and the repetitions of each timing."""
+
+    layers: int
+    prompt_len: int
+    new_tokens: int
+    batch_sizes: tuple[int, ...]
+    reps: int
+
+
+#: a GPU times the 7B-shaped model as docs/benchmarks.md reports it; the CPU path (no GPU) is a
+#: short run of a tiny model, so that the README's main job finishes in seconds
+GPU_SIZES = RunSizes(layers=32, prompt_len=128, new_tokens=32, batch_sizes=(1, 2, 4, 8, 16, 32, 64), reps=10)
+CPU_SIZES = RunSizes(layers=2, prompt_len=16, new_tokens=4, batch_sizes=(1, 2, 4), reps=3)
 
 
 @dataclass
 class BenchConfig:
     model: Path | None = None  # a checkpoint; None: the embedded 7B-shaped model
-    layers: int = 32
-    prompt_len: int = 128
-    new_tokens: int = 32
-    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    reps: int = 10
+    # None: the device's default (RunSizes: GPU_SIZES, or CPU_SIZES where no GPU is visible)
+    layers: int | None = None  # of the embedded model
+    prompt_len: int | None = None
+    new_tokens: int | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    reps: int | None = None
     graph: bool = True
     save_measured: bool = True
     compile: bool | None = None  # also time the decode step under torch.compile; None: on a GPU only
@@ -102,6 +121,16 @@ def _autoawq_gemm_copy(model: nn.Module) -> nn.Module | str:
     return twin
 
 
+def sizes_for(cfg: BenchConfig, on_gpu: bool) -> RunSizes:
+    """``cfg``'s sizes, each one it leaves at None taken from the device's defaults."""
+    base = GPU_SIZES if on_gpu else CPU_SIZES
+    return RunSizes(layers=base.layers if cfg.layers is None else cfg.layers,
+                    prompt_len=base.prompt_len if cfg.prompt_len is None else cfg.prompt_len,
+                    new_tokens=base.new_tokens if cfg.new_tokens is None else cfg.new_tokens,
+                    batch_sizes=base.batch_sizes if cfg.batch_sizes is None else cfg.batch_sizes,
+                    reps=base.reps if cfg.reps is None else cfg.reps)
+
+
 def run_benchmark(cfg: BenchConfig) -> BenchResult:
     started = time.time()
     on_gpu = torch.cuda.is_available()
@@ -110,11 +139,12 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     notes: list[str] = []
     if not on_gpu:
         notes.append("No CUDA GPU here: GPU latency could not be measured. This ran the CPU path "
-                     "(plain torch dequantize + matmul) on a tiny 2-layer model, with host timers.")
+                     "(plain torch dequantize + matmul), with host timers.")
+    sizes = sizes_for(cfg, on_gpu)
     variants: dict[str, nn.Module] = {}
     if cfg.model is None:
-        say(f"building the embedded model ({'tiny' if not on_gpu else f'{cfg.layers} layers of Llama-2-7B shapes'}) ...")
-        models = embedded_models(2 if not on_gpu else cfg.layers, device, tiny=not on_gpu)
+        say(f"building the embedded model ({'tiny' if not on_gpu else 'Llama-2-7B shapes'}, {sizes.layers} layers) ...")
+        models = embedded_models(sizes.layers, device, tiny=not on_gpu)
         description = models.description
         variants["fp16"] = models.fp16
         quantized = models.quantized
@@ -123,6 +153,10 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
 
         quantized = load_quantized(cfg.model, device=device).model
         description = f"checkpoint {cfg.model}"
+        variants["fp16"] = dense_twin(quantized)
+        notes.append("fp16: the checkpoint's layers dequantized into plain nn.Linear (the dense baseline)")
+    notes.append(f"sizes: prompt {sizes.prompt_len} tokens, {sizes.new_tokens} generated, batch sizes "
+                 f"{', '.join(map(str, sizes.batch_sizes))}, {sizes.reps} repetitions")
     selection = select_kernel(workload="interactive", device=None if on_gpu else "cpu", use_measured=False)
     if on_gpu:
         from ..kernels.dispatch import default_plan
@@ -150,11 +184,11 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     auto_kernel = selection.name
 
     single: list[LatencyResult] = []
-    prompt_len = cfg.prompt_len if on_gpu else 16
+    prompt_len = sizes.prompt_len
     for name, model in variants.items():
         say(f"batch 1: {name} ...")
-        result = measure(model, name, prompt_len=prompt_len, new_tokens=cfg.new_tokens if on_gpu else 4,
-                         reps=cfg.reps if on_gpu else 3, graph=cfg.graph, eager=False)
+        result = measure(model, name, prompt_len=prompt_len, new_tokens=sizes.new_tokens,
+                         reps=sizes.reps, graph=cfg.graph, eager=False)
         single.append(result)
         notes += [f"{name}: {n}" for n in result.notes]
     rounds, reps = (cfg.eager_rounds, 5) if on_gpu else (3, 3)
@@ -167,13 +201,13 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
 
     sweep: dict[str, dict[int, float]] = {}
     kind = "cuda-graph" if on_gpu and cfg.graph else "eager"
-    batches = cfg.batch_sizes if on_gpu else (1, 2, 4)
+    batches = sizes.batch_sizes
     for name in [v for v in variants if v != "autoawq_gemm"]:
         sweep[name] = {}
         for batch in batches:
             say(f"sweep: {name} batch {batch} ...")
             r = measure(variants[name], name, batch=batch, prompt_len=prompt_len,
-                        reps=cfg.reps if on_gpu else 3, graph=cfg.graph, full=False)
+                        reps=sizes.reps, graph=cfg.graph, full=False)
             timing = r.decode_graph if kind == "cuda-graph" and r.decode_graph else r.decode_eager
             if timing is not None:
                 sweep[name][batch] = timing.median_us
@@ -197,7 +231,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
                 use_decode_attention(variants[name])
             try:
                 result = measure_compiled(variants[name], label, prompt_len=prompt_len,
-                                          reps=cfg.reps if on_gpu else 3, graph=cfg.graph,
+                                          reps=sizes.reps, graph=cfg.graph,
                                           backend=cfg.compile_backend, pdl=pdl,
                                           combo_kernels=cfg.combo_kernels and on_gpu)
             finally:
