@@ -47,8 +47,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.batch_sizes is not None and min(args.batch_sizes) < 1:
         raise ValueError(f"--batch-sizes {' '.join(map(str, args.batch_sizes))}: each must be >= 1")
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    batch_sizes = None if args.batch_sizes is None else tuple(args.batch_sizes)
     cfg = BenchConfig(model=args.model, layers=args.layers, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                      batch_sizes=None if args.batch_sizes is None else tuple(args.batch_sizes), reps=args.reps, graph=not args.no_graph,
+                      batch_sizes=batch_sizes, reps=args.reps, graph=not args.no_graph,
                       save_measured=not args.no_save, compile=args.compile,
                       compile_backend=args.compile_backend, fuse=not args.no_fuse, pdl=not args.no_pdl,
                       combo_kernels=not args.no_combo_kernels, decode_attention=not args.no_decode_attention,

@@ -76,9 +76,8 @@ def quantize_linears_rtn(model: nn.Module, group_size: int = 128, layout: str = 
         for name, child in list(layer.named_modules()):
             if isinstance(child, nn.Linear):
                 q, z, s = quantize_rtn(child.weight.data, group_size)
-                module = LAYOUT_CLASSES[layout].from_packed(pack(q, z, s, group_size, layout), child.bias)
-                parent = layer.get_submodule(name.rsplit(".", 1)[0]) if "." in name else layer
-                setattr(parent, name.rsplit(".", 1)[-1], module)
+                layer.set_submodule(name, LAYOUT_CLASSES[layout].from_packed(pack(q, z, s, group_size, layout),
+                                                                             child.bias))
     return model
 
 
@@ -96,8 +95,7 @@ def dense_twin(model: nn.Module) -> nn.Module:
                 dense.weight.copy_(module.dequantize(dtype))
                 if module.bias is not None:
                     dense.bias.copy_(module.bias)
-            parent = twin.get_submodule(name.rsplit(".", 1)[0]) if "." in name else twin
-            setattr(parent, name.rsplit(".", 1)[-1], dense)
+            twin.set_submodule(name, dense)
     return twin
 
 

@@ -705,7 +705,8 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     args = (x, qweight, qzeros, scales, bias if bias is not None else out, out, workspace, tickets, *sizes)
     meta = dict(GROUP_SIZE=group_size, HAS_BIAS=bias is not None, USE_SPLIT_K=split_k > 1,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    use_ptx = x.is_cuda and torch.version.hip is None and not interpreting()  # NVIDIA only
+    emulate = interpreting()  # bf16 carried in fp32 there: the interpreter's bf16 is not numeric
+    use_ptx = x.is_cuda and torch.version.hip is None and not emulate  # NVIDIA only
     meta["USE_PTX"] = use_ptx
     if gemv_layout:
         meta.update(W_FIRST=cfg.w_first, EVEN_K=K % cfg.block_k == 0, PREFETCH=cfg.prefetch)
@@ -714,7 +715,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     meta["PDL"] = pdl = use_ptx and pdl and TRITON_HAS_PDL
     if gemv_layout:
         meta.update(INTERLEAVE_K=cfg.interleave_k, SILU_MUL=silu_mul)
-    meta["EMULATE"] = interpreting()  # bf16 carried in fp32: the interpreter's bf16 is not numeric
+    meta["EMULATE"] = emulate
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
