@@ -162,16 +162,16 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
                         continue
                     for stages in (2, 3):
                         configs += [MatmulConfig(1, bn, bk, split, warps, stages) for split in splits]
-    if gemv and m <= 2:  # FMA, one PTX dot per packed word (both tokens at M = 2); rows per thread share x
+    if gemv and m <= 2:  # FMA, words decoded in pairs once for both tokens at M = 2; rows per thread share x
         for bn in (64, 128, 256):
             for bk in (64, 128, 256):
                 for warps in (4, 8):
                     if bn * bk // 8 > 1024 * warps or bn * bk // 8 < 128 * warps:
                         continue
-                    options = (False, True) if m == 1 else (False,)  # prefetch and interleave_k: M = 1 only
+                    options = (False, True)  # prefetch and interleave_k
                     configs += [MatmulConfig(m, bn, bk, split, warps, 3, prefetch=prefetch, interleave_k=interleave)
                                 for prefetch, interleave in itertools.product(options, options)
-                                for split in ((4, 8, 16, 32, 64) if m == 1 else (1, 2, 4, 8, 16, 32))]
+                                for split in ((4, 8, 16, 32, 64) if m == 1 else (2, 4, 8, 16, 32))]
     if gemv and 2 < m <= 8:  # FMA with all M tokens in one program
         bm = 4 if m <= 4 else 8
         for bn in (32, 64, 128):

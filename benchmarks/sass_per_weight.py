@@ -8,6 +8,7 @@ this count bounds the bandwidth a kernel can reach::
 
     python -m benchmarks.sass_per_weight                      # both layouts, a few tiles
     python -m benchmarks.sass_per_weight --no-ptx             # the same arithmetic in plain Triton
+    python -m benchmarks.sass_per_weight --dtype bf16         # bf16 activations
 
 Counts come from the local Triton (the GPU machine may run another version).
 """
@@ -41,14 +42,21 @@ SIGNATURE = {
 ALIGNED = (0, 1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 15, 16, 17)  # pointers, K and strides: multiples of 16
 
 
-def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool) -> tuple[int, collections.Counter[str]]:
-    """Registers per thread and the opcode counts of the kernel's longest loop."""
+def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool,
+                dtype: str = "fp16") -> tuple[int, collections.Counter[str]]:
+    """Registers per thread and the opcode counts of the kernel's longest loop (``dtype``: x and
+    the output; the pair paths as the launcher picks them for aligned layers)."""
     consts = dict(GROUP_SIZE=128, HAS_BIAS=False, USE_SPLIT_K=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, USE_PTX=use_ptx)
     consts.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, PDL=False)
-    consts.update(EVEN_K=True, INTERLEAVE_K=cfg.interleave_k, SILU_MUL=False) if layout == "gemv" else consts.update(EVEN_N=True)
+    if layout == "gemv":
+        consts.update(EVEN_K=True, INTERLEAVE_K=cfg.interleave_k, SILU_MUL=False, EMULATE=False,
+                      X_PAIRS=cfg.block_m <= 2 and cfg.block_k % 16 == 0)
+    else:
+        consts.update(EVEN_N=True, EMULATE=False)
     kernel = matmul.awq_gemv_layout_kernel if layout == "gemv" else matmul.awq_gemm_layout_kernel
-    signature = dict(SIGNATURE, **{name: "constexpr" for name in consts})
+    signature = dict(SIGNATURE, x_ptr=f"*{dtype}", out_ptr=f"*{dtype}", bias_ptr=f"*{dtype}",
+                     **{name: "constexpr" for name in consts})
     attrs = {(i,): [["tt.divisibility", 16]] for i in ALIGNED}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32),
@@ -80,6 +88,8 @@ TILES = [
     ("gemv", matmul.MatmulConfig(1, 64, 128, 8, 4, 3, prefetch=True, interleave_k=True)),
     ("gemv", matmul.MatmulConfig(1, 128, 128, 8, 8, 3, interleave_k=True)),
     ("gemv", matmul.MatmulConfig(2, 256, 128, 8, 4, 3)),  # two tokens: per weight, not per weight and token
+    ("gemv", matmul.MatmulConfig(2, 64, 128, 8, 4, 3)),
+    ("gemv", matmul.MatmulConfig(2, 128, 128, 8, 4, 3)),
     ("gemm", matmul.MatmulConfig(1, 256, 32, 8, 4, 3)),
     ("gemm", matmul.MatmulConfig(1, 256, 64, 8, 4, 3)),
     # 16-row tl.dot (M = 2..16), words decoded in fp16x2 pairs: per weight, all 16 tokens
@@ -93,12 +103,13 @@ TILES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-ptx", action="store_true", help="the plain-Triton arithmetic instead of the PTX helpers")
+    parser.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="the activations' dtype")
     args = parser.parse_args()
-    print(f"triton {triton.__version__}, sm_90, {'plain Triton' if args.no_ptx else 'PTX helpers'}")
+    print(f"triton {triton.__version__}, sm_90, {'plain Triton' if args.no_ptx else 'PTX helpers'}, {args.dtype} x")
     print("| layout | tile | registers | loop instructions | per weight | top opcodes |")
     print("|---|---|---|---|---|---|")
     for layout, cfg in TILES:
-        registers, ops = loop_counts(layout, cfg, not args.no_ptx)
+        registers, ops = loop_counts(layout, cfg, not args.no_ptx, args.dtype)
         weights = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)  # per thread and iteration (all tokens)
         total = sum(ops.values())
         top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))

@@ -48,7 +48,9 @@ from .tiles import (
     bf16_in_f32,
     dequant_gemm_words,
     dequant_gemv_words,
+    decode16_pairs,
     dot16_f16x2,
+    dot16_pairs,
     dot8_one_plus_q16,
     dot8x2_one_plus_q16,
     fold_zero_into_scale,
@@ -75,8 +77,8 @@ class MatmulConfig:
     """Tile shape of one launch. ``block_m`` < 16 means FMAs (the GEMM layout: 1 token per
     program; the GEMV layout: 1, 2, 4 or 8 tokens per program), >= 16 a ``tl.dot``; ``w_first``
     (``tl.dot``) computes ``out^T = W @ x^T`` so that the weight tile is the left
-    operand; ``prefetch`` (the GEMV layout's one-token FMA path and the ``tl.dot`` paths of both
-    layouts) loads the next tile's words (and its zeros and scales, for ``tl.dot``) one iteration
+    operand; ``prefetch`` (the GEMV layout's one- and two-token FMA paths and the ``tl.dot`` paths of
+    both layouts) loads the next tile's words (and its zeros and scales, for ``tl.dot``) one iteration
     early. ``interleave_k`` (GEMV layout): split ``s`` takes the K tiles ``s, s + split_k, ...``
     instead of one stretch of K, and the grid is launched in ``(k, m, n)`` order, so that the
     programs running at one time read neighbouring tiles of each packed row [n, :]."""
@@ -114,9 +116,9 @@ class MatmulConfig:
             raise ValueError(f"{self}: BLOCK_K must divide group_size={group_size}")
         if not fma and (bn < 16 or bk < 16):
             raise ValueError(f"{self}: the tl.dot path needs BLOCK_N, BLOCK_K >= 16")
-        if self.prefetch and fma and (bm != 1 or not gemv_layout):
+        if self.prefetch and fma and (bm > 2 or not gemv_layout):
             raise ValueError(f"{self}: prefetch is for tl.dot (BLOCK_M >= 16) and the GEMV layout's "
-                             "one-token FMA path (BLOCK_M = 1)")
+                             "one- and two-token FMA paths (BLOCK_M = 1, 2)")
         if self.w_first and fma:
             raise ValueError(f"{self}: w_first is for the tl.dot path (BLOCK_M >= 16)")
         if self.interleave_k and not gemv_layout:
@@ -455,12 +457,15 @@ def awq_gemv_layout_kernel(
     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_FIRST: tl.constexpr,
     EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
-    INTERLEAVE_K: tl.constexpr, SILU_MUL: tl.constexpr, EMULATE: tl.constexpr,
+    INTERLEAVE_K: tl.constexpr, SILU_MUL: tl.constexpr, EMULATE: tl.constexpr, X_PAIRS: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
     DOT_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16  # tl.dot in bf16 (_dot_operand)
-    # one fp16 token per program: fp16x2 arithmetic, words and x read as int64 (8-byte aligned)
-    X_F16: tl.constexpr = BLOCK_M == 1 and x_ptr.dtype.element_ty == tl.float16
+    # X_PAIRS (the launcher's choice; BLOCK_M <= 2, fp16 or bf16 x, 8-byte aligned words and x):
+    # words and x read as int64, pair arithmetic. One fp16 token: dot16_f16x2; else the words
+    # decoded once (decode16_pairs) and dotted with each token (dot16_pairs).
+    X_F16: tl.constexpr = X_PAIRS and BLOCK_M == 1 and x_ptr.dtype.element_ty == tl.float16
+    X_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
     WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
     if not WORDS_FIRST:
         _wait_for_previous_kernel(PDL)
@@ -484,8 +489,10 @@ def awq_gemv_layout_kernel(
     tile = _output_tile(INTERLEAVE_K)  # here, not after the loop: see _output_tile
 
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
-        if X_F16:  # one [BLOCK_N, BLOCK_K / 16] accumulator: a column per pair of words
+        if X_PAIRS:  # one [BLOCK_N, BLOCK_K / 16] accumulator per token: a column per pair of words
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
+            if BLOCK_M == 2:
+                acc2b = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
         elif BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
             acc_z = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
@@ -496,7 +503,7 @@ def awq_gemv_layout_kernel(
             acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
         if PREFETCH:
             q_next = _load_fma_words(qweight_ptr, offs_n, mask_n, k_start, k_end, stride_qweight,
-                                     BLOCK_K, EVEN_K, X_F16)
+                                     BLOCK_K, EVEN_K, X_PAIRS)
             _wait_for_previous_kernel(PDL)  # while those words are on their way
     else:
         if W_FIRST:
@@ -514,21 +521,35 @@ def awq_gemv_layout_kernel(
             # scales and x are read before the words: Triton then gives the tile the words' 16-byte
             # load layout (read after them, the layout of the per-row zeros won and each thread held a
             # whole row: x's pairs made for every row, +40% instructions; docs/data/sass-per-weight.md).
-            if X_F16:
-                low, high, s16 = gemv_group_zero_pairs(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
-                                                       stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
+            if X_PAIRS:
+                low, high, scale = gemv_group_zero_pairs(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros,
+                                                         stride_scales, GROUP_SIZE, BLOCK_K, X_BF16)
                 offs_pj = k0 // 16 + tl.arange(0, BLOCK_K // 16)  # pairs of words
-                e0, e1, e2, e3 = x_pairs(x_ptr + pid_m * stride_xm, 2 * offs_pj, K, EVEN_K, USE_PTX)
-                o0, o1, o2, o3 = x_pairs(x_ptr + pid_m * stride_xm, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+                xa = x_ptr + pid_m * BLOCK_M * stride_xm
+                e0, e1, e2, e3 = x_pairs(xa, 2 * offs_pj, K, EVEN_K, USE_PTX)
+                o0, o1, o2, o3 = x_pairs(xa, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+                if BLOCK_M == 2:  # without a second token (M odd), token a again: its row is not stored
+                    xb = xa + tl.where(pid_m * 2 + 1 < M, stride_xm, 0)
+                    f0, f1, f2, f3 = x_pairs(xb, 2 * offs_pj, K, EVEN_K, USE_PTX)
+                    g0, g1, g2, g3 = x_pairs(xb, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
             if PREFETCH:  # this tile's words were loaded one iteration ago; load the next tile's
                 q = q_next
                 q_next = _load_fma_words(qweight_ptr, offs_n, mask_n, k0 + k_step, k_end, stride_qweight,
-                                         BLOCK_K, EVEN_K, X_F16)
+                                         BLOCK_K, EVEN_K, X_PAIRS)
             else:
-                q = _load_fma_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K, X_F16)
+                q = _load_fma_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K, X_PAIRS)
             if X_F16:
-                acc2 += s16 * dot16_f16x2(q, e0[None, :], e1[None, :], e2[None, :], e3[None, :], o0[None, :],
-                                          o1[None, :], o2[None, :], o3[None, :], low, high, USE_PTX)
+                acc2 += scale * dot16_f16x2(q, e0[None, :], e1[None, :], e2[None, :], e3[None, :], o0[None, :],
+                                            o1[None, :], o2[None, :], o3[None, :], low, high, USE_PTX)
+            elif X_PAIRS:  # each word decoded once, its pairs dotted with each token's
+                p0, p1, p2, p3, p4, p5, p6, p7 = decode16_pairs(q, low, high, X_BF16, USE_PTX)
+                acc2 += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, e0[None, :], e1[None, :], e2[None, :],
+                                            e3[None, :], o0[None, :], o1[None, :], o2[None, :], o3[None, :],
+                                            X_BF16, USE_PTX)
+                if BLOCK_M == 2:
+                    acc2b += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, f0[None, :], f1[None, :],
+                                                 f2[None, :], f3[None, :], g0[None, :], g1[None, :], g2[None, :],
+                                                 g3[None, :], X_BF16, USE_PTX)
             else:
                 s16, zs = gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
                                                 stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
@@ -580,7 +601,9 @@ def awq_gemv_layout_kernel(
                 acc_t = tl.dot(w, x_t, acc_t)
             else:
                 acc = tl.dot(tl.trans(x_t), tl.trans(w), acc)
-    if X_F16:
+    if X_PAIRS and BLOCK_M == 2:  # [2, BLOCK_N]: token a, token b
+        acc = tl.trans(tl.join(tl.sum(acc2, axis=1), tl.sum(acc2b, axis=1)))
+    elif X_PAIRS:
         acc = tl.sum(acc2, axis=1)[None, :]
     elif FMA and BLOCK_M == 1:
         acc = (tl.sum(acc2, axis=1) + tl.sum(acc_z, axis=1))[None, :]
@@ -685,12 +708,15 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     grid, k_iters, split_k = _geometry(cfg, gemv_layout, group_size, M, N, K)
     if x.stride(-1) != 1:
         x = x.contiguous()
-    if gemv_layout and cfg.block_m == 1 and x.dtype == torch.float16:  # x and W read as int64 words
-        if K % 16 or qweight.data_ptr() % 8 or qweight.stride(0) % 2:
-            raise ValueError(f"the one-token fp16 path reads qweight as int64: it needs K % 16 == 0 and 8-byte "
-                             f"aligned rows (K = {K}, row stride {qweight.stride(0)} words)")
-        if x.data_ptr() % 8 or x.stride(0) % 4:
-            x = x.clone(memory_format=torch.contiguous_format)
+    words_in_pairs = K % 16 == 0 and qweight.data_ptr() % 8 == 0 and qweight.stride(0) % 2 == 0
+    if gemv_layout and cfg.block_m == 1 and x.dtype == torch.float16 and not words_in_pairs:
+        raise ValueError(f"the one-token fp16 path reads qweight as int64: it needs K % 16 == 0 and 8-byte "
+                         f"aligned rows (K = {K}, row stride {qweight.stride(0)} words)")
+    # the pair paths (x and W read as int64 words): one or two fp16 or bf16 tokens per program
+    x_pairs = (gemv_layout and cfg.block_m <= 2 and cfg.block_k % 16 == 0 and words_in_pairs
+               and x.dtype in (torch.float16, torch.bfloat16))
+    if x_pairs and (x.data_ptr() % 8 or x.stride(0) % 4):
+        x = x.clone(memory_format=torch.contiguous_format)
     dtype = out_dtype or x.dtype
     width = N // 2 if silu_mul else N
     out = torch.empty(M, width, dtype=dtype, device=x.device)
@@ -716,6 +742,8 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     if gemv_layout:
         meta.update(INTERLEAVE_K=cfg.interleave_k, SILU_MUL=silu_mul)
     meta["EMULATE"] = emulate
+    if gemv_layout:
+        meta["X_PAIRS"] = x_pairs
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:

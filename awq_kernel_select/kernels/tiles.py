@@ -240,6 +240,12 @@ def x_pairs(x_ptr, offs_pk, K, EVEN_K: tl.constexpr, USE_PTX: tl.constexpr):
     else:
         lo = tl.load(words, mask=offs_pk < K // 8, other=0)
         hi = tl.load(words + 1, mask=offs_pk < K // 8, other=0)
+    return _paired(lo, hi, USE_PTX)
+
+
+@triton.jit
+def _paired(lo, hi, USE_PTX: tl.constexpr):
+    """``(x_c, x_{c+4})`` pairs, c = 0..3, from int64 ``lo = (x0, x1, x2, x3)`` and ``hi = (x4, .., x7)``."""
     if USE_PTX:
         return tl.inline_asm_elementwise(_X_PAIRS_PTX, "=r,=r,=r,=r,l,l", [lo, hi],
                                          dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
@@ -268,6 +274,195 @@ def dot8_f16x2_reference(words, p0, p1, p2, p3, low):
     t = _pair_products(words, 0, p0, z) + _pair_products(words, 1, p1, z)
     t += _pair_products(words, 2, p2, z) + _pair_products(words, 3, p3, z)
     return t
+
+
+# --- several tokens in pairs: decode once, dot per token ------------------------------------
+#
+# For two fp16 tokens, and one or two bf16 tokens, ``dot16_f16x2``'s work is split in two: the two
+# words of an int64 are decoded once into eight pair registers (``decode16_pairs``), then each
+# token's x pairs are dotted with them (``dot16_pairs``), so that a weight costs its decode once
+# and one HFMA2 half per token. fp16 pairs are ``(q - z) / 16`` as in ``dot16_f16x2`` (the sum of
+# 8 products per half in fp16); bf16 pairs are the exact ``q - z`` (``0x4300 | q`` reads as
+# ``128 + q``; one FMA by 1 with ``-(128 + z)``), and each word's 4 products per half are summed
+# in bf16 before fp32: 8 would add ~2.5e-3 of rounding error where 4 add ~1.5e-3 (float64
+# emulation of 4096-long rows; bf16 output rounding alone is ~1.6e-3, bf16 cuBLAS ~2.4e-3).
+def _decoded_bf16_pairs(word: str) -> str:
+    """PTX: ``q - z`` of nibbles (0, 4), (1, 5), (2, 6), (3, 7) of ``word`` into the bf16x2
+    registers a, b, c, d (``zn``: the pair of ``-(128 + z)``; bf16's 7 mantissa bits take a nibble
+    only in bits 0..3 of each half, hence three shifts)."""
+    return f"""lop3.b32 a, {word}, 0x000F000F, 0x43004300, 0xEA;
+shr.u32 t, {word}, 4;
+lop3.b32 b, t, 0x000F000F, 0x43004300, 0xEA;
+shr.u32 t, {word}, 8;
+lop3.b32 c, t, 0x000F000F, 0x43004300, 0xEA;
+shr.u32 t, {word}, 12;
+lop3.b32 d, t, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 a, a, one, zn;
+fma.rn.bf16x2 b, b, one, zn;
+fma.rn.bf16x2 c, c, one, zn;
+fma.rn.bf16x2 d, d, one, zn;
+"""
+
+
+_PAIRS_OUT = """mov.b32 $0, a; mov.b32 $1, b; mov.b32 $2, c; mov.b32 $3, d;
+"""
+_PAIRS_OUT_HIGH = """mov.b32 $4, a; mov.b32 $5, b; mov.b32 $6, c; mov.b32 $7, d;
+"""
+# Inputs: $8 the two words (int64), $9 and $10 ``zero_pairs``' low and high.
+_DECODE16_F16X2_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 w0, w1, t, a, b, c, d, k16, k256;
+mov.b64 {w0, w1}, $8;
+mov.b32 k16, 0x2C002C00;
+mov.b32 k256, 0x1C001C00;
+""" + _decoded_pairs("w0").replace("$10", "$9").replace("$11", "$10") + _PAIRS_OUT
+    + _decoded_pairs("w1").replace("$10", "$9").replace("$11", "$10") + _PAIRS_OUT_HIGH + "}")
+# Inputs: $8 the two words (int64), $9 the bf16x2 pair of ``-(128 + z)`` (``bf16_zero_pair``).
+_DECODE16_BF16X2_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 w0, w1, t, a, b, c, d, one, zn;
+mov.b64 {w0, w1}, $8;
+mov.b32 one, 0x3F803F80;
+mov.b32 zn, $9;
+""" + _decoded_bf16_pairs("w0") + _PAIRS_OUT + _decoded_bf16_pairs("w1") + _PAIRS_OUT_HIGH + "}")
+# Inputs: $1..$8 the decoded pairs (low word a..d, high word a..d), $9..$12 x pairs ``e``,
+# $13..$16 ``o`` (``x_pairs``). fp16: one fp16x2 sum of the 16 products.
+_DOT16_F16X2_PAIRS_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 acc;
+.reg .f16 lo, hi;
+.reg .f32 flo, fhi;
+mul.rn.f16x2 acc, $1, $9;
+fma.rn.f16x2 acc, $2, $10, acc;
+fma.rn.f16x2 acc, $3, $11, acc;
+fma.rn.f16x2 acc, $4, $12, acc;
+fma.rn.f16x2 acc, $5, $13, acc;
+fma.rn.f16x2 acc, $6, $14, acc;
+fma.rn.f16x2 acc, $7, $15, acc;
+fma.rn.f16x2 acc, $8, $16, acc;
+mov.b32 {lo, hi}, acc;
+cvt.f32.f16 flo, lo;
+cvt.f32.f16 fhi, hi;
+add.rn.f32 $0, flo, fhi;
+}
+""")
+# bf16: one bf16x2 sum per word (4 products per half), the four halves added in fp32 (a bf16
+# half is the top half of an fp32: one shift or mask each). ``-0`` starts each sum: bf16x2 mul
+# needs sm_90, FMA sm_80.
+_DOT16_BF16X2_PAIRS_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 acc0, acc1, nz, t0, t1, t2, t3;
+.reg .f32 s;
+mov.b32 nz, 0x80008000;
+fma.rn.bf16x2 acc0, $1, $9, nz;
+fma.rn.bf16x2 acc1, $5, $13, nz;
+fma.rn.bf16x2 acc0, $2, $10, acc0;
+fma.rn.bf16x2 acc1, $6, $14, acc1;
+fma.rn.bf16x2 acc0, $3, $11, acc0;
+fma.rn.bf16x2 acc1, $7, $15, acc1;
+fma.rn.bf16x2 acc0, $4, $12, acc0;
+fma.rn.bf16x2 acc1, $8, $16, acc1;
+shl.b32 t0, acc0, 16;
+and.b32 t1, acc0, 0xFFFF0000;
+shl.b32 t2, acc1, 16;
+and.b32 t3, acc1, 0xFFFF0000;
+add.rn.f32 s, t0, t1;
+add.rn.f32 s, s, t2;
+add.rn.f32 $0, s, t3;
+}
+""")
+
+
+@triton.jit
+def bf16_zero_pair(z):
+    """The bf16x2 bit pattern of ``-(128 + z)`` (both halves) for int32 ``z`` in 0..15: the ulp of 128 is 1."""
+    return (0xC300 + z) * 0x10001
+
+
+@triton.jit
+def _pair_bits(lo, hi, BF16: tl.constexpr):
+    """fp32 ``lo`` and ``hi`` (values the pair's type holds exactly) as the bits of an fp16x2 or bf16x2."""
+    if BF16:  # a bf16 is the top half of an fp32
+        return ((lo.to(tl.int32, bitcast=True) >> 16) & 0xFFFF) | (hi.to(tl.int32, bitcast=True) & -65536)
+    else:
+        return ((lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
+                | (hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) << 16))
+
+
+@triton.jit
+def _half_of(pair, H: tl.constexpr, BF16: tl.constexpr):
+    """Half ``H`` (0: low, 1: high) of fp16x2 or bf16x2 bit patterns, as fp32."""
+    if BF16:
+        return ((pair >> (16 * H)) << 16).to(tl.float32, bitcast=True)
+    else:
+        return _half(pair, H)
+
+
+@triton.jit
+def _decoded_word_reference(word, z, BF16: tl.constexpr):
+    """One word's four pairs as ``decode16_pairs`` makes them (``z`` int32)."""
+    unit = 1.0 if BF16 else 0.0625
+    zf = z.to(tl.float32)
+    a = _pair_bits((((word) & 0xF).to(tl.float32) - zf) * unit, (((word >> 16) & 0xF).to(tl.float32) - zf) * unit, BF16)
+    b = _pair_bits((((word >> 4) & 0xF).to(tl.float32) - zf) * unit,
+                   (((word >> 20) & 0xF).to(tl.float32) - zf) * unit, BF16)
+    c = _pair_bits((((word >> 8) & 0xF).to(tl.float32) - zf) * unit,
+                   (((word >> 24) & 0xF).to(tl.float32) - zf) * unit, BF16)
+    d = _pair_bits((((word >> 12) & 0xF).to(tl.float32) - zf) * unit,
+                   (((word >> 28) & 0xF).to(tl.float32) - zf) * unit, BF16)
+    return a, b, c, d
+
+
+@triton.jit
+def decode16_pairs(words2, low, high, BF16: tl.constexpr, USE_PTX: tl.constexpr):
+    """The 16 weights of two neighbouring words (one int64, the even word low) as eight pair
+    registers (int32 bits): the low word's nibbles (0, 4), (1, 5), (2, 6), (3, 7), then the high
+    word's. fp16: ``(q - z) / 16`` with ``low``, ``high`` from ``zero_pairs``; bf16: ``q - z``
+    with ``low`` from ``bf16_zero_pair`` (``high`` unused). ``z`` is ``low``'s last nibble."""
+    if USE_PTX:
+        if BF16:
+            return tl.inline_asm_elementwise(_DECODE16_BF16X2_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,l,r", [words2, low],
+                                             dtype=(tl.int32, ) * 8, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(_DECODE16_F16X2_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,l,r,r",
+                                             [words2, low, high], dtype=(tl.int32, ) * 8, is_pure=True, pack=1)
+    else:
+        z = low & 0xF
+        a, b, c, d = _decoded_word_reference(words2.to(tl.int32), z, BF16)
+        a2, b2, c2, d2 = _decoded_word_reference((words2 >> 32).to(tl.int32), z, BF16)
+        return a, b, c, d, a2, b2, c2, d2
+
+
+@triton.jit
+def _bf16_word_sum(p0, p1, p2, p3, x0, x1, x2, x3, H: tl.constexpr):
+    """Half ``H`` of one word's bf16x2 sum in ``dot16_pairs``: each FMA rounded to bf16."""
+    acc = bf16_in_f32(_half_of(p0, H, True) * _half_of(x0, H, True))
+    acc = bf16_in_f32(acc + _half_of(p1, H, True) * _half_of(x1, H, True))
+    acc = bf16_in_f32(acc + _half_of(p2, H, True) * _half_of(x2, H, True))
+    return bf16_in_f32(acc + _half_of(p3, H, True) * _half_of(x3, H, True))
+
+
+@triton.jit
+def dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, e0, e1, e2, e3, o0, o1, o2, o3,
+                BF16: tl.constexpr, USE_PTX: tl.constexpr):
+    """``sum`` over the 16 weights of ``decode16_pairs``' pairs times one token's x pairs
+    (``e`` for the low word, ``o`` for the high one, as ``x_pairs``), fp32. The reference (no
+    PTX) rounds bf16 sums as the PTX does, fp16 ones not (as ``dot8_f16x2_reference``)."""
+    if USE_PTX:
+        return tl.inline_asm_elementwise(_DOT16_BF16X2_PAIRS_PTX if BF16 else _DOT16_F16X2_PAIRS_PTX,
+                                         "=f,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
+                                         [p0, p1, p2, p3, p4, p5, p6, p7, e0, e1, e2, e3, o0, o1, o2, o3],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    elif BF16:
+        return ((_bf16_word_sum(p0, p1, p2, p3, e0, e1, e2, e3, 0) + _bf16_word_sum(p0, p1, p2, p3, e0, e1, e2, e3, 1))
+                + _bf16_word_sum(p4, p5, p6, p7, o0, o1, o2, o3, 0) + _bf16_word_sum(p4, p5, p6, p7, o0, o1, o2, o3, 1))
+    else:
+        t = _half(p0, 0) * _half(e0, 0) + _half(p0, 1) * _half(e0, 1) + _half(p1, 0) * _half(e1, 0)
+        t += _half(p1, 1) * _half(e1, 1) + _half(p2, 0) * _half(e2, 0) + _half(p2, 1) * _half(e2, 1)
+        t += _half(p3, 0) * _half(e3, 0) + _half(p3, 1) * _half(e3, 1) + _half(p4, 0) * _half(o0, 0)
+        t += _half(p4, 1) * _half(o0, 1) + _half(p5, 0) * _half(o1, 0) + _half(p5, 1) * _half(o1, 1)
+        t += _half(p6, 0) * _half(o2, 0) + _half(p6, 1) * _half(o2, 1) + _half(p7, 0) * _half(o3, 0)
+        return t + _half(p7, 1) * _half(o3, 1)
 
 
 # One weight of the GEMM layout's FMA path: ``acc + ((1 + q/16) * 16s - (16 + z)s) * x`` with
@@ -338,13 +533,18 @@ def gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qze
 
 @triton.jit
 def gemv_group_zero_pairs(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
-                          GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
+                          GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BF16: tl.constexpr = False):
     """``zero_pairs(z)`` and ``16 s`` (fp32) for the GEMV-layout tile at column ``k0``: per row,
-    or per pair of packed columns when the tile spans groups."""
+    or per pair of packed columns when the tile spans groups. ``BF16`` (``decode16_pairs`` in
+    bf16): ``bf16_zero_pair(z)`` twice and ``s``."""
     z, s = gemv_tile_zero_scale(qzeros_ptr, scales_ptr, offs_n, mask_n, k0, stride_qzeros, stride_scales,
                                 GROUP_SIZE, BLOCK_K, 16)
-    low, high = zero_pairs(z)
-    return low, high, 16.0 * s.to(tl.float32)
+    if BF16:
+        zn = bf16_zero_pair(z)
+        return zn, zn, s.to(tl.float32)
+    else:
+        low, high = zero_pairs(z)
+        return low, high, 16.0 * s.to(tl.float32)
 
 
 # --- whole tiles ---------------------------------------------------------------------------

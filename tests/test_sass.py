@@ -1,0 +1,68 @@
+"""Instructions per weight in the K loop of the pair paths, counted in SASS for sm_90 with the
+ptxas and nvdisasm that ship with Triton (no GPU needed; ``benchmarks/sass_per_weight.py``).
+
+At M = 1 and 2 the kernels are bound by instructions, not bytes, on the H100's large layers
+(docs/kernels.md): these counts are what set their speed, so a change that adds instructions
+fails here before it reaches a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import triton
+
+from awq_kernel_select.kernels.matmul import MatmulConfig
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+pytestmark = pytest.mark.skipif(not (BIN / "nvdisasm").exists() or not (BIN / "ptxas").exists(),
+                                reason="this Triton ships no ptxas/nvdisasm")
+
+#: (tile, x dtype, most instructions per weight; per weight for all tokens of a program). The
+#: fp32 paths that the pair paths replaced counted 5.7 (bf16, one token) and 8.4 (two tokens).
+BUDGETS = [
+    (MatmulConfig(1, 64, 128, 8, 4, 3, prefetch=True, interleave_k=True), "fp16", 3.4),
+    (MatmulConfig(1, 64, 128, 8, 4, 3, prefetch=True, interleave_k=True), "bf16", 3.9),
+    (MatmulConfig(2, 64, 128, 8, 4, 3), "fp16", 4.6),
+    (MatmulConfig(2, 64, 128, 8, 4, 3), "bf16", 5.3),
+]
+
+
+_COUNT = """
+import dataclasses, json, sys
+from awq_kernel_select.kernels.matmul import MatmulConfig
+from benchmarks.sass_per_weight import loop_counts
+for raw in json.loads(sys.argv[1]):
+    cfg = MatmulConfig(**raw["cfg"])
+    registers, ops = loop_counts("gemv", cfg, True, raw["dtype"])
+    print(json.dumps({"registers": registers, "ops": dict(ops)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def counts() -> list[dict[str, object]]:
+    """Each tile's registers and loop opcodes, compiled in one child process: the tests run the
+    kernels under the interpreter (``TRITON_INTERPRET=1``), which cannot compile them."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    tiles = json.dumps([{"cfg": dataclasses.asdict(cfg), "dtype": dtype} for cfg, dtype, _ in BUDGETS])
+    done = subprocess.run([sys.executable, "-c", _COUNT, tiles], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("index", range(len(BUDGETS)), ids=[f"{c}-{d}" for c, d, _ in BUDGETS])
+def test_pair_paths_stay_within_their_instruction_budget(counts: list[dict[str, Any]], index: int) -> None:
+    cfg, _, budget = BUDGETS[index]
+    ops: dict[str, int] = counts[index]["ops"]
+    per_weight = sum(ops.values()) / (cfg.block_n * cfg.block_k / (32 * cfg.num_warps))
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
+    assert per_weight <= budget, f"{per_weight:.2f} instructions per weight ({counts[index]['registers']} registers): {top}"
+    assert "LDL" not in ops and "STL" not in ops, "registers spilled to local memory in the K loop"
