@@ -2,8 +2,10 @@
 
 History that shaped it (H100 sweeps and SASS counts, docs/kernels.md): the GEMV layout's
 one-token path for fp16 x decodes two words at a time in fp16x2 pairs and dots them with x's
-fp16x2 pairs (``tiles.dot16_f16x2``); the other FMA paths use the fp32 bit trick of ``tiles.py``
-nibble by nibble; both through small PTX helpers on the GPU; the ``tl.dot`` paths decode each
+fp16x2 pairs (``tiles.dot16_f16x2``); for bf16 x and for two tokens the words are decoded once
+into pairs and dotted with each token's (``tiles.decode16_pairs``, ``tiles.dot16_pairs``); the
+other FMA paths use the fp32 bit trick of ``tiles.py`` nibble by nibble; all through small PTX
+helpers on the GPU; the ``tl.dot`` paths decode each
 packed word in fp16x2 pairs (Marlin's LOP3 trick). In this memory-bound regime the instruction
 count per weight sets the speed (an SM has to take ~23 weights per clock): 6.1 -> 4.5 -> 2.7-3.2
 SASS instructions per weight took the GEMV layout at M = 1 from 50% to 56-59% to 77% of
@@ -28,7 +30,7 @@ writes ``silu(gate) * up``, half as wide.
 Grid: ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), split_k)``; with ``interleave_k`` (GEMV layout, the
 M = 1 tiles of the H100 table) ``(split_k, cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))``, split ``s``
 taking the K tiles ``s, s + split_k, ...``: the programs that run at one time then read
-neighbouring tiles of each packed row (benchmarks/m1_anatomy.py). Launches go through ``launch.py``.
+neighbouring tiles of each packed row. Launches go through ``launch.py``.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def _output_tile(GRID_K_FIRST: tl.constexpr):
     Where it is computed changes the K loop's SASS. The GEMM layout computes it after the loop:
     held in a register through the loop it cost the M = 16 tiles ~10 registers. The GEMV layout
     computes it before the loop: after it, the M = 1 tiles that prefetch and interleave K ran
-    12-23% slower on the H100 (same registers; ``benchmarks/build_ab.py``), and its M = 16 tiles
+    12-23% slower on the H100 (same registers, the two builds timed in one process), and its M = 16 tiles
     time the same either way."""
     if GRID_K_FIRST:  # grid (k, m, n)
         return tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)

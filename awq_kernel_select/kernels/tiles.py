@@ -1,6 +1,6 @@
 """Triton helpers that dequantize tiles of AutoAWQ's packed int4 words in registers.
 
-Four ways, each used where it measured faster on the H100 (docs/kernels.md):
+Five ways, each used where it measured faster on the H100 (docs/kernels.md):
 
 * **words in fp16x2 pairs** (``dequant8_f16``, ``words_to_f16``, the ``tl.dot`` paths): one LOP3
   decodes two nibbles of a word at once into an fp16x2 (Marlin's trick), in PTX on the GPU;
@@ -9,6 +9,9 @@ Four ways, each used where it measured faster on the H100 (docs/kernels.md):
   ``[BLOCK_N, BLOCK_K]``);
 * **one token in fp16x2** (``dot16_f16x2``, the GEMV layout's one-token path for fp16 x): two
   neighbouring words decoded in fp16x2 pairs and dotted with x's fp16x2 pairs, in PTX on the GPU;
+* **tokens in pairs** (``decode16_pairs`` + ``dot16_pairs``: bf16 x, and two tokens of fp16 or
+  bf16 x): the same two words decoded once into fp16x2 or bf16x2 pairs, then dotted with each
+  token's x pairs;
 * **nibble by nibble** (``nibble_as_f32_one_plus_q16``, the other FMA paths): nibble ``c`` of word
   ``[n, j]`` is taken in the register layout of the loaded words, with no reshape. On the GPU
   two PTX helpers do it (``dot8_one_plus_q16`` for a GEMV-layout word, ``nibble_fma`` for one
@@ -399,18 +402,19 @@ def _half_of(pair, H: tl.constexpr, BF16: tl.constexpr):
 
 
 @triton.jit
+def _nibble_pair(word, C: tl.constexpr, zf, unit, BF16: tl.constexpr):
+    """Nibbles ``C`` and ``C + 4`` of ``word`` as the pair ``((q - z) * unit)`` (``decode16_pairs``)."""
+    return _pair_bits((((word >> (4 * C)) & 0xF).to(tl.float32) - zf) * unit,
+                      (((word >> (4 * C + 16)) & 0xF).to(tl.float32) - zf) * unit, BF16)
+
+
+@triton.jit
 def _decoded_word_reference(word, z, BF16: tl.constexpr):
     """One word's four pairs as ``decode16_pairs`` makes them (``z`` int32)."""
     unit = 1.0 if BF16 else 0.0625
     zf = z.to(tl.float32)
-    a = _pair_bits((((word) & 0xF).to(tl.float32) - zf) * unit, (((word >> 16) & 0xF).to(tl.float32) - zf) * unit, BF16)
-    b = _pair_bits((((word >> 4) & 0xF).to(tl.float32) - zf) * unit,
-                   (((word >> 20) & 0xF).to(tl.float32) - zf) * unit, BF16)
-    c = _pair_bits((((word >> 8) & 0xF).to(tl.float32) - zf) * unit,
-                   (((word >> 24) & 0xF).to(tl.float32) - zf) * unit, BF16)
-    d = _pair_bits((((word >> 12) & 0xF).to(tl.float32) - zf) * unit,
-                   (((word >> 28) & 0xF).to(tl.float32) - zf) * unit, BF16)
-    return a, b, c, d
+    return (_nibble_pair(word, 0, zf, unit, BF16), _nibble_pair(word, 1, zf, unit, BF16),
+            _nibble_pair(word, 2, zf, unit, BF16), _nibble_pair(word, 3, zf, unit, BF16))
 
 
 @triton.jit
