@@ -36,23 +36,27 @@ Op = Callable[[torch.Tensor], torch.Tensor]
 
 
 def import_other(root: Path, name: str = "aks_other") -> types.ModuleType:
-    """The package under ``root/awq_kernel_select`` as ``name``: its kernels and its measured
-    facts, without its ``__init__`` (which would register the torch operators a second time)."""
+    """The package under ``root/awq_kernel_select`` as ``name``, with its layouts, kernels and
+    measured facts loaded but not its ``__init__`` (which would register the torch operators a
+    second time)."""
     package = types.ModuleType(name)
     package.__path__ = [str(root / "awq_kernel_select")]
     sys.modules[name] = package
     importlib.import_module(f"{name}.measured")  # installs its tile tables as its dispatch's planner
-    return importlib.import_module(f"{name}.kernels.dispatch")
+    importlib.import_module(f"{name}.kernels.dispatch")
+    importlib.import_module(f"{name}.layouts")
+    return package
 
 
-def builders(other: types.ModuleType, layouts: types.ModuleType) -> dict[str, Callable[..., Op]]:
+def builders(other: Any) -> dict[str, Callable[..., Op]]:
+    """This checkout's ``awq_linear`` and ``other``'s (``import_other``), each on its own packing."""
     def this(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> Op:
         packed = L.pack(q, z, s, GROUP, "gemv")
         return lambda x: awq_linear(x, packed, None)
 
     def base(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> Op:
-        packed = layouts.pack(q, z, s, GROUP, "gemv")
-        return lambda x: other.awq_linear(x, packed, None)
+        packed = other.layouts.pack(q, z, s, GROUP, "gemv")
+        return lambda x: other.kernels.dispatch.awq_linear(x, packed, None)
 
     return {"this": this, "other": base}
 
@@ -69,8 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
-    other = import_other(args.other)
-    versions = builders(other, sys.modules["aks_other.layouts"])
+    versions = builders(import_other(args.other))
     rows: list[dict[str, Any]] = []
     for k, n in SHAPE_SETS[args.shapes]:
         copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))

@@ -51,7 +51,7 @@ def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool,
     consts.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, PDL=False)
     if layout == "gemv":
         consts.update(EVEN_K=True, INTERLEAVE_K=cfg.interleave_k, SILU_MUL=False, EMULATE=False,
-                      X_PAIRS=cfg.block_m <= 2 and cfg.block_k % 16 == 0)
+                      X_PAIRS=cfg.takes_pairs(True))
     else:
         consts.update(EVEN_N=True, EMULATE=False)
     kernel = matmul.awq_gemv_layout_kernel if layout == "gemv" else matmul.awq_gemm_layout_kernel

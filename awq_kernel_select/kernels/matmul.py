@@ -100,6 +100,11 @@ class MatmulConfig:
                 f"/w{self.num_warps}/s{self.num_stages}{'/WF' if self.w_first else ''}"
                 f"{'/PF' if self.prefetch else ''}{'/IK' if self.interleave_k else ''}")
 
+    def takes_pairs(self, gemv_layout: bool) -> bool:
+        """The tile can run the pair paths (GEMV layout, one or two tokens, K tiles of whole
+        int64 pairs of words); the launcher also asks for fp16 or bf16 x and 8-byte aligned words."""
+        return gemv_layout and self.block_m <= 2 and self.block_k % 16 == 0
+
     def check(self, gemv_layout: bool, group_size: int) -> None:
         """Raise ``ValueError`` if the kernel cannot run this tile shape."""
         bm, bn, bk = self.block_m, self.block_n, self.block_k
@@ -715,9 +720,8 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         raise ValueError(f"the one-token fp16 path reads qweight as int64: it needs K % 16 == 0 and 8-byte "
                          f"aligned rows (K = {K}, row stride {qweight.stride(0)} words)")
     # the pair paths (x and W read as int64 words): one or two fp16 or bf16 tokens per program
-    x_pairs = (gemv_layout and cfg.block_m <= 2 and cfg.block_k % 16 == 0 and words_in_pairs
-               and x.dtype in (torch.float16, torch.bfloat16))
-    if x_pairs and (x.data_ptr() % 8 or x.stride(0) % 4):
+    pairs = cfg.takes_pairs(gemv_layout) and words_in_pairs and x.dtype in (torch.float16, torch.bfloat16)
+    if pairs and (x.data_ptr() % 8 or x.stride(0) % 4):
         x = x.clone(memory_format=torch.contiguous_format)
     dtype = out_dtype or x.dtype
     width = N // 2 if silu_mul else N
@@ -745,7 +749,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         meta.update(INTERLEAVE_K=cfg.interleave_k, SILU_MUL=silu_mul)
     meta["EMULATE"] = emulate
     if gemv_layout:
-        meta["X_PAIRS"] = x_pairs
+        meta["X_PAIRS"] = pairs
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:

@@ -164,6 +164,13 @@ fma.rn.f16x2 d, d, k256, $11;
 """
 
 
+# The fp16x2 sum's two halves to fp32 and added: the end of both fp16 dots.
+_F16X2_HALVES_ADDED = """mov.b32 {lo, hi}, acc;
+cvt.f32.f16 flo, lo;
+cvt.f32.f16 fhi, hi;
+add.rn.f32 $0, flo, fhi;
+}
+"""
 _DOT16_F16X2_PTX: tl.constexpr = tl.constexpr("""
 {
 .reg .b32 w0, w1, t, a, b, c, d, k16, k256, acc;
@@ -180,12 +187,7 @@ fma.rn.f16x2 acc, d, $5, acc;
 fma.rn.f16x2 acc, b, $7, acc;
 fma.rn.f16x2 acc, c, $8, acc;
 fma.rn.f16x2 acc, d, $9, acc;
-mov.b32 {lo, hi}, acc;
-cvt.f32.f16 flo, lo;
-cvt.f32.f16 fhi, hi;
-add.rn.f32 $0, flo, fhi;
-}
-""")
+""" + _F16X2_HALVES_ADDED)
 
 
 @triton.jit
@@ -343,12 +345,7 @@ fma.rn.f16x2 acc, $5, $13, acc;
 fma.rn.f16x2 acc, $6, $14, acc;
 fma.rn.f16x2 acc, $7, $15, acc;
 fma.rn.f16x2 acc, $8, $16, acc;
-mov.b32 {lo, hi}, acc;
-cvt.f32.f16 flo, lo;
-cvt.f32.f16 fhi, hi;
-add.rn.f32 $0, flo, fhi;
-}
-""")
+""" + _F16X2_HALVES_ADDED)
 # bf16: one bf16x2 sum per word (4 products per half), the four halves added in fp32 (a bf16
 # half is the top half of an fp32: one shift or mask each). ``-0`` starts each sum: bf16x2 mul
 # needs sm_90, FMA sm_80.
@@ -393,12 +390,9 @@ def _pair_bits(lo, hi, BF16: tl.constexpr):
 
 
 @triton.jit
-def _half_of(pair, H: tl.constexpr, BF16: tl.constexpr):
-    """Half ``H`` (0: low, 1: high) of fp16x2 or bf16x2 bit patterns, as fp32."""
-    if BF16:
-        return ((pair >> (16 * H)) << 16).to(tl.float32, bitcast=True)
-    else:
-        return _half(pair, H)
+def _bf16_half(pair, H: tl.constexpr):
+    """Half ``H`` (0: low, 1: high) of bf16x2 bit patterns, as fp32 (``_half`` for fp16x2)."""
+    return ((pair >> (16 * H)) << 16).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -440,10 +434,10 @@ def decode16_pairs(words2, low, high, BF16: tl.constexpr, USE_PTX: tl.constexpr)
 @triton.jit
 def _bf16_word_sum(p0, p1, p2, p3, x0, x1, x2, x3, H: tl.constexpr):
     """Half ``H`` of one word's bf16x2 sum in ``dot16_pairs``: each FMA rounded to bf16."""
-    acc = bf16_in_f32(_half_of(p0, H, True) * _half_of(x0, H, True))
-    acc = bf16_in_f32(acc + _half_of(p1, H, True) * _half_of(x1, H, True))
-    acc = bf16_in_f32(acc + _half_of(p2, H, True) * _half_of(x2, H, True))
-    return bf16_in_f32(acc + _half_of(p3, H, True) * _half_of(x3, H, True))
+    acc = bf16_in_f32(_bf16_half(p0, H) * _bf16_half(x0, H))
+    acc = bf16_in_f32(acc + _bf16_half(p1, H) * _bf16_half(x1, H))
+    acc = bf16_in_f32(acc + _bf16_half(p2, H) * _bf16_half(x2, H))
+    return bf16_in_f32(acc + _bf16_half(p3, H) * _bf16_half(x3, H))
 
 
 @triton.jit
@@ -461,12 +455,14 @@ def dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, e0, e1, e2, e3, o0, o1, o2, o3,
         return ((_bf16_word_sum(p0, p1, p2, p3, e0, e1, e2, e3, 0) + _bf16_word_sum(p0, p1, p2, p3, e0, e1, e2, e3, 1))
                 + _bf16_word_sum(p4, p5, p6, p7, o0, o1, o2, o3, 0) + _bf16_word_sum(p4, p5, p6, p7, o0, o1, o2, o3, 1))
     else:
-        t = _half(p0, 0) * _half(e0, 0) + _half(p0, 1) * _half(e0, 1) + _half(p1, 0) * _half(e1, 0)
-        t += _half(p1, 1) * _half(e1, 1) + _half(p2, 0) * _half(e2, 0) + _half(p2, 1) * _half(e2, 1)
-        t += _half(p3, 0) * _half(e3, 0) + _half(p3, 1) * _half(e3, 1) + _half(p4, 0) * _half(o0, 0)
-        t += _half(p4, 1) * _half(o0, 1) + _half(p5, 0) * _half(o1, 0) + _half(p5, 1) * _half(o1, 1)
-        t += _half(p6, 0) * _half(o2, 0) + _half(p6, 1) * _half(o2, 1) + _half(p7, 0) * _half(o3, 0)
-        return t + _half(p7, 1) * _half(o3, 1)
+        t = _f16_pair_dot(p0, e0) + _f16_pair_dot(p1, e1) + _f16_pair_dot(p2, e2) + _f16_pair_dot(p3, e3)
+        return t + _f16_pair_dot(p4, o0) + _f16_pair_dot(p5, o1) + _f16_pair_dot(p6, o2) + _f16_pair_dot(p7, o3)
+
+
+@triton.jit
+def _f16_pair_dot(pair, x):
+    """Both halves' products of two fp16x2 bit patterns, added in fp32."""
+    return _half(pair, 0) * _half(x, 0) + _half(pair, 1) * _half(x, 1)
 
 
 # One weight of the GEMM layout's FMA path: ``acc + ((1 + q/16) * 16s - (16 + z)s) * x`` with
