@@ -44,10 +44,12 @@ from benchmarks.report_kernels import write_report
 SHAPES_7B = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N)
 SHAPES_70B = [(8192, 8192), (8192, 28672), (28672, 8192)]
 SHAPES_7B_FUSED = [(4096, 12288), (4096, 22016)]  # q/k/v and gate/up as one linear each (awq_kernel_select.fuse)
+# SmolLM2-135M: q/o, k/v, gate/up, down, then q/k/v and gate/up fused (576 is no multiple of 128: --group 64)
+SHAPES_SMOLLM2 = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 960), (576, 3072)]
 SHAPE_SETS = {"all": SHAPES_7B + SHAPES_70B, "7b": SHAPES_7B, "70b": SHAPES_70B, "two": [(4096, 11008), (8192, 28672)],
-              "7b-fused": SHAPES_7B_FUSED}
+              "7b-fused": SHAPES_7B_FUSED, "smollm2": SHAPES_SMOLLM2}
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096]
-GROUP = 128
+GROUP = 128  # the default group size (--group)
 
 
 def make_layer(k: int, n: int, g: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,17 +93,17 @@ def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     errors: list[dict[str, Any]] = []
     dtype = DTYPES[args.dtype]
     for k, n in shapes:
-        copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
-        layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
+        copies = copies_to_evict_l2(packed_bytes(k, n, args.group))
+        layers = [make_layer(k, n, args.group, seed) for seed in range(copies)]
         fp16_copies = copies_to_evict_l2(k * n * 2)
-        ref_w = L.dequantize(L.pack(*layers[0], GROUP, "gemm"), torch.float64)
-        floor_us = packed_bytes(k, n, GROUP) / bandwidth * 1e6
+        ref_w = L.dequantize(L.pack(*layers[0], args.group, "gemm"), torch.float64)
+        floor_us = packed_bytes(k, n, args.group) / bandwidth * 1e6
         built: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
         for name, build in CONTENDERS.items():
             if args.only and name not in args.only:
                 continue
             try:
-                built[name] = [build(*layer, GROUP, dtype) for layer in layers[: (fp16_copies if name == "fp16" else copies)]]
+                built[name] = [build(*layer, args.group, dtype) for layer in layers[: (fp16_copies if name == "fp16" else copies)]]
             except peers.Unavailable as exc:
                 print(f"  {name}: unavailable: {exc}", flush=True)
                 rows.append({"K": k, "N": n, "contender": name, "unavailable": str(exc)})
@@ -145,7 +147,7 @@ def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     if SWEEP_MATCH:  # only the tiles whose name has every given piece, e.g. "/BK256/" "/IK"
         configs = [c for c in configs if all(piece in str(c) for piece in SWEEP_MATCH)]
     if QUICK_SWEEP:
-        configs = [c for c in configs if c.num_stages == 3 and (c.block_m >= 16 or c.block_k >= 128)
+        configs = [c for c in configs if c.num_stages == 3 and (c.block_m >= 16 or c.block_k >= min(g, 128))
                    and not (m > 16 and c.split_k == 1 and c.block_m >= 64 and c.num_warps == 8)]
     return configs
 
@@ -219,16 +221,16 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     results, entries = [], []
     shapes = SHAPE_SETS[args.shapes]
     for k, n in shapes:
-        copies = copies_to_evict_l2(packed_bytes(k, n, GROUP))
-        layers = [make_layer(k, n, GROUP, seed) for seed in range(copies)]
+        copies = copies_to_evict_l2(packed_bytes(k, n, args.group))
+        layers = [make_layer(k, n, args.group, seed) for seed in range(copies)]
         for layout in args.layouts:
-            packed = [L.pack(*layer, GROUP, layout) for layer in layers]
+            packed = [L.pack(*layer, args.group, layout) for layer in layers]
             for m in (args.sweep_ms if layout == "gemm" else args.sweep_ms_gemv or args.sweep_ms):
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                 path = "gemv" if m <= 16 else "gemm"
                 timings: dict[str, float] = {}
                 best: tuple[float, MatmulConfig] | None = None
-                for cfg in sweep_configs(m, GROUP, layout):
+                for cfg in sweep_configs(m, args.group, layout):
                     try:
                         t = time_graph([lambda p=p, c=cfg: awq_linear(x, p, None, config=c, path=path)
                                         for p in packed], reps=10, warmup=2).median_us
@@ -241,7 +243,7 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                 if m > 16:  # the alternative for large M: dequantize + cuBLAS
                     timings["dequant"] = time_graph([lambda p=p: awq_linear(x, p, None, path="dequant")
                                                      for p in packed], reps=10, warmup=2).median_us
-                heuristic = plan.config_for(path, layout, m, n, k, GROUP)
+                heuristic = plan.config_for(path, layout, m, n, k, args.group)
                 top = sorted(timings.items(), key=lambda kv: kv[1])[:4]
                 line = {"K": k, "N": n, "layout": layout, "M": m, "heuristic": str(heuristic),
                         "best_us": best[0] if best else None, "top": top}
@@ -249,7 +251,7 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                 print(json.dumps(line), flush=True)
                 if best is not None:
                     cfg = best[1]
-                    entry = {"layout": layout, "K": k, "N": n, "G": GROUP, "M": m, "us": round(best[0], 2),
+                    entry = {"layout": layout, "K": k, "N": n, "G": args.group, "M": m, "us": round(best[0], 2),
                              "config": dataclasses.asdict(cfg)}
                     if "dequant" in timings:  # which of the two paths auto should take at this M
                         entry["path"] = "dequant" if timings["dequant"] < best[0] else "gemm"
@@ -257,7 +259,7 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         # after every shape, so that partial results survive
         save_measurement(gpu.name, (gpu.capability.major, gpu.capability.minor), multiprocessors=gpu.multiprocessors,
                          tiles=entries, path=target,
-                         source=f"python -m benchmarks.kernels --sweep (group {GROUP}) on an {gpu.name}, "
+                         source=f"python -m benchmarks.kernels --sweep (group {args.group}) on an {gpu.name}, "
                                 f"{time.strftime('%Y-%m-%d', time.gmtime())}")
     print(f"tiles saved to {target}", flush=True)
     return {"sweep": results, "tiles": entries, "saved_to": str(target)}
@@ -279,6 +281,7 @@ def main() -> None:
     parser.add_argument("--ship", action="store_true",
                         help="--sweep: save the tiles into the package's file for this GPU model, not the user's overlay")
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--group", type=int, default=GROUP, help="quantization group size (64 for --shapes smollm2)")
     parser.add_argument("--only", nargs="*", help="contenders to run")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp16",
                         help="the activations' dtype (table only); the dense baseline uses it too")
@@ -292,7 +295,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "autoawq_path": peers.autoawq_path_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "group_size": GROUP, "dtype": args.dtype, "tile_table": default_plan(torch.device("cuda")).describe(),
+        "group_size": args.group, "dtype": args.dtype, "tile_table": default_plan(torch.device("cuda")).describe(),
     }
     try:
         import triton

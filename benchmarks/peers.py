@@ -55,8 +55,12 @@ def tinygemm(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, g: int, dtype: t
         raise Unavailable("torch has no _weight_int4pack_mm")
     if torch.cuda.get_device_capability() < (8, 0):
         raise Unavailable("tinygemm needs sm80+")
+    k = q.shape[1]
+    inner_k_tiles = next((t for t in (8, 4, 2) if k % (16 * t) == 0), None)  # K in super-tiles of 16 x t
+    if inner_k_tiles is None:
+        raise Unavailable(f"tinygemm needs K divisible by 32, got {k}")
     w_uint8 = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
-    packed = torch.ops.aten._convert_weight_to_int4pack(w_uint8.contiguous(), 8)
+    packed = torch.ops.aten._convert_weight_to_int4pack(w_uint8.contiguous(), inner_k_tiles)
     scale = s.float()
     zero = (8 - z).float() * scale
     scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()

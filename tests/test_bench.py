@@ -242,3 +242,19 @@ def test_bench_sizes_default_by_device_and_keep_what_is_given() -> None:
     assert sizes_for(BenchConfig(), on_gpu=True) == GPU_SIZES and sizes_for(BenchConfig(), on_gpu=False) == CPU_SIZES
     given = sizes_for(BenchConfig(prompt_len=7, batch_sizes=(5,)), on_gpu=False)
     assert (given.prompt_len, given.batch_sizes, given.reps) == (7, (5,), CPU_SIZES.reps)
+
+
+@pytest.mark.parametrize("group", [64, 128])
+def test_the_tile_sweep_tries_only_tiles_the_kernels_accept(group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--group 64` (SmolLM2's layers) must not leave the quick sweep empty at M = 1, nor offer a
+    tile the kernel refuses (the sweep would skip it at run time, on the GPU)."""
+    from benchmarks import kernels as kb
+
+    monkeypatch.setattr(kb, "QUICK_SWEEP", True)
+    for layout in ("gemv", "gemm"):
+        for m in (1, 2, 4, 16, 64):
+            configs = kb.sweep_configs(m, group, layout)
+            assert configs, (layout, m)
+            for cfg in configs:
+                cfg.check(layout == "gemv", group)
+    assert all(k % 64 == 0 for k, _ in kb.SHAPE_SETS["smollm2"])
