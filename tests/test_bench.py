@@ -242,6 +242,8 @@ def test_bench_sizes_default_by_device_and_keep_what_is_given() -> None:
     assert sizes_for(BenchConfig(), on_gpu=True) == GPU_SIZES and sizes_for(BenchConfig(), on_gpu=False) == CPU_SIZES
     given = sizes_for(BenchConfig(prompt_len=7, batch_sizes=(5,)), on_gpu=False)
     assert (given.prompt_len, given.batch_sizes, given.reps) == (7, (5,), CPU_SIZES.reps)
+    small = BenchConfig(shape="smollm2-135m")
+    assert sizes_for(small, on_gpu=True).layers == 30 and sizes_for(small, on_gpu=False).layers == CPU_SIZES.layers
 
 
 @pytest.mark.parametrize("group", [64, 128])
@@ -258,3 +260,29 @@ def test_the_tile_sweep_tries_only_tiles_the_kernels_accept(group: int, monkeypa
             for cfg in configs:
                 cfg.check(layout == "gemv", group)
     assert all(k % 64 == 0 for k, _ in kb.SHAPE_SETS["smollm2"])
+
+
+def test_the_small_model_shapes_run_on_the_cpu_with_their_group(tmp_path: Path) -> None:
+    """``--shape smollm2-135m``: SmolLM2-135M's layer shapes (576 wide, group 64), no download."""
+    import argparse
+
+    from awq_kernel_select.bench.cli import add_arguments
+    from awq_kernel_select.bench.model import EMBEDDED_SHAPES
+    from awq_kernel_select.cli import main
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    shape_option = next(a for a in parser._actions if a.dest == "shape")
+    assert list(shape_option.choices or []) == list(EMBEDDED_SHAPES)
+    assert main(["bench", "--shape", "smollm2-135m", "--layers", "1", "--prompt-len", "4", "--new-tokens", "2",
+                 "--batch-sizes", "1", "--reps", "1", "--no-save", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "bench.md").read_text().startswith("SmolLM2-135M shapes, 1 layers, random weights, RTN 4-bit group 64")
+
+
+def test_a_checkpoint_and_an_embedded_shape_are_refused_together(tmp_path: Path) -> None:
+    from awq_kernel_select.bench.run import BenchConfig, run_benchmark
+
+    with pytest.raises(ValueError, match="shape='smollm2-135m' is for the embedded model"):
+        run_benchmark(BenchConfig(model=tmp_path, shape="smollm2-135m"))
+    with pytest.raises(ValueError, match="one of llama2-7b, smollm2-135m"):
+        run_benchmark(BenchConfig(shape="llama3"))

@@ -9,8 +9,12 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="an AWQ checkpoint folder (default: embedded model)")
-    parser.add_argument("--layers", type=int, help="layers of the embedded model (default: 32 of Llama-2-7B shapes "
-                        "on a GPU; a tiny model of 2 on the CPU)")
+    parser.add_argument("--shape", choices=["llama2-7b", "smollm2-135m"],
+                        help="the embedded model's shapes: llama2-7b (default on a GPU; group 128) or smollm2-135m "
+                             "(576-wide layers, group 64: a small model bound by launches); default on the CPU: "
+                             "a tiny Llama")
+    parser.add_argument("--layers", type=int, help="layers of the embedded model (default: the shape's, 32 or 30, "
+                        "on a GPU; 2 on the CPU)")
     parser.add_argument("--prompt-len", type=int, help="prompt tokens (default: 128 on a GPU, 16 on the CPU)")
     parser.add_argument("--new-tokens", type=int, help="tokens generated (default: 32 on a GPU, 4 on the CPU)")
     parser.add_argument("--batch-sizes", type=int, nargs="+",
@@ -48,7 +52,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-sizes {' '.join(map(str, args.batch_sizes))}: each must be >= 1")
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
     batch_sizes = None if args.batch_sizes is None else tuple(args.batch_sizes)
-    cfg = BenchConfig(model=args.model, layers=args.layers, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+    cfg = BenchConfig(model=args.model, shape=args.shape, layers=args.layers, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                       batch_sizes=batch_sizes, reps=args.reps, graph=not args.no_graph,
                       save_measured=not args.no_save, compile=args.compile,
                       compile_backend=args.compile_backend, fuse=not args.no_fuse, pdl=not args.no_pdl,

@@ -1,4 +1,6 @@
-"""The embedded default model: Llama-2-7B shapes, random weights, packed to 4 bits in memory.
+"""The embedded models: a Llama-2-7B-shaped one by default, or SmolLM2-135M's shapes (small
+layers, where launches rather than bytes bound a decode step); random weights, packed to 4 bits
+in memory.
 
 Latency does not depend on the weights' values, so the weights are random normal (never
 zeros, which can run faster than real data) and quantized by round-to-nearest straight into
@@ -20,8 +22,27 @@ from ..stack import rotary_embedding
 
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
                  num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                    num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5)
 TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=4,
             num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5)
+
+
+@dataclass(frozen=True)
+class EmbeddedShape:
+    """A model family the bench builds with random weights, no download."""
+
+    label: str
+    config: dict[str, Any]
+    layers: int  # the family's depth: the default on a GPU
+    group_size: int  # divides every layer's in_features (576 is no multiple of 128)
+
+
+EMBEDDED_SHAPES = {
+    "llama2-7b": EmbeddedShape("Llama-2-7B shapes", LLAMA2_7B, 32, 128),
+    "smollm2-135m": EmbeddedShape("SmolLM2-135M shapes", SMOLLM2_135M, 30, 64),
+}
+TINY_SHAPE = EmbeddedShape("tiny Llama", TINY, 2, 128)
 
 
 @dataclass
@@ -99,12 +120,17 @@ def dense_twin(model: nn.Module) -> nn.Module:
     return twin
 
 
-def embedded_models(layers: int, device: torch.device, tiny: bool = False, group_size: int = 128) -> BenchModels:
-    shape = TINY if tiny else LLAMA2_7B
-    fp16 = random_llama(shape, layers, device)
-    quantized = quantize_linears_rtn(copy.deepcopy(fp16), group_size, "gemm")
-    name = "tiny Llama" if tiny else "Llama-2-7B shapes"
-    return BenchModels(fp16, quantized, f"{name}, {layers} layers, random weights, RTN 4-bit group {group_size}")
+def embedded_models(layers: int, device: torch.device, tiny: bool = False, group_size: int | None = None,
+                    shape: str = "llama2-7b") -> BenchModels:
+    """The fp16 model of ``shape`` (a key of ``EMBEDDED_SHAPES``; ``tiny``: a 128-wide Llama for
+    the CPU) and its 4-bit twin; ``group_size`` defaults to the family's."""
+    if shape not in EMBEDDED_SHAPES:
+        raise ValueError(f"shape={shape!r}: one of {', '.join(EMBEDDED_SHAPES)}")
+    family = TINY_SHAPE if tiny else EMBEDDED_SHAPES[shape]
+    group = family.group_size if group_size is None else group_size
+    fp16 = random_llama(family.config, layers, device)
+    quantized = quantize_linears_rtn(copy.deepcopy(fp16), group, "gemm")
+    return BenchModels(fp16, quantized, f"{family.label}, {layers} layers, random weights, RTN 4-bit group {group}")
 
 
 def packed_bytes_per_token(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ from ..probes import check
 from ..select import select_kernel
 from .latency import (LatencyResult, crossover, eager_decode_step, measure, measure_compiled, pdl_available,
                       time_eager_in_turn)
-from .model import dense_twin, embedded_models, packed_bytes_per_token
+from .model import EMBEDDED_SHAPES, dense_twin, embedded_models, packed_bytes_per_token
 from .timing import copy_bandwidth
 
 
@@ -44,7 +44,10 @@ CPU_SIZES = RunSizes(layers=2, prompt_len=16, new_tokens=4, batch_sizes=(1, 2, 4
 
 @dataclass
 class BenchConfig:
-    model: Path | None = None  # a checkpoint; None: the embedded 7B-shaped model
+    model: Path | None = None  # a checkpoint; None: the embedded model of ``shape``
+    # the embedded model's family (model.EMBEDDED_SHAPES); None: Llama-2-7B shapes on a GPU, a
+    # tiny Llama on the CPU
+    shape: str | None = None
     # None: the device's default (RunSizes: GPU_SIZES, or CPU_SIZES where no GPU is visible)
     layers: int | None = None  # of the embedded model
     prompt_len: int | None = None
@@ -124,7 +127,8 @@ def _autoawq_gemm_copy(model: nn.Module) -> nn.Module | str:
 def sizes_for(cfg: BenchConfig, on_gpu: bool) -> RunSizes:
     """``cfg``'s sizes, each one it leaves at None taken from the device's defaults."""
     base = GPU_SIZES if on_gpu else CPU_SIZES
-    return RunSizes(layers=base.layers if cfg.layers is None else cfg.layers,
+    layers = base.layers if not on_gpu or cfg.shape is None else EMBEDDED_SHAPES[cfg.shape].layers
+    return RunSizes(layers=layers if cfg.layers is None else cfg.layers,
                     prompt_len=base.prompt_len if cfg.prompt_len is None else cfg.prompt_len,
                     new_tokens=base.new_tokens if cfg.new_tokens is None else cfg.new_tokens,
                     batch_sizes=base.batch_sizes if cfg.batch_sizes is None else cfg.batch_sizes,
@@ -140,11 +144,18 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     if not on_gpu:
         notes.append("No CUDA GPU here: GPU latency could not be measured. This ran the CPU path "
                      "(plain torch dequantize + matmul), with host timers.")
+    if cfg.model is not None and cfg.shape is not None:
+        raise ValueError(f"shape={cfg.shape!r} is for the embedded model; model={cfg.model} benches a checkpoint: "
+                         "give one of the two")
+    if cfg.shape is not None and cfg.shape not in EMBEDDED_SHAPES:
+        raise ValueError(f"shape={cfg.shape!r}: one of {', '.join(EMBEDDED_SHAPES)}")
     sizes = sizes_for(cfg, on_gpu)
     variants: dict[str, nn.Module] = {}
     if cfg.model is None:
-        say(f"building the embedded model ({'tiny' if not on_gpu else 'Llama-2-7B shapes'}, {sizes.layers} layers) ...")
-        models = embedded_models(sizes.layers, device, tiny=not on_gpu)
+        tiny = cfg.shape is None and not on_gpu
+        label = "tiny Llama" if tiny else EMBEDDED_SHAPES[cfg.shape or "llama2-7b"].label
+        say(f"building the embedded model ({label}, {sizes.layers} layers) ...")
+        models = embedded_models(sizes.layers, device, tiny=tiny, shape=cfg.shape or "llama2-7b")
         description = models.description
         variants["fp16"] = models.fp16
         quantized = models.quantized
