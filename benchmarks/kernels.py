@@ -37,7 +37,7 @@ from awq_kernel_select import layouts as L
 from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph
 from awq_kernel_select.kernels import awq_linear
 from awq_kernel_select.kernels.dispatch import default_plan
-from awq_kernel_select.kernels.matmul import MatmulConfig
+from awq_kernel_select.kernels.matmul import MatmulConfig, _geometry
 from benchmarks import peers
 from benchmarks.report_kernels import write_report
 
@@ -152,6 +152,23 @@ def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     return configs
 
 
+def distinct_at_shape(configs: list[MatmulConfig], layout: str, g: int, m: int, n: int, k: int) -> list[MatmulConfig]:
+    """``configs`` less those that launch the same as an earlier one at this shape: a split of K
+    past its tiles runs as the split without empty programs (``matmul._geometry``), so on small
+    layers S16, S32 and S64 are often one launch, timed once. Tiles the kernel refuses here go too."""
+    seen: set[MatmulConfig] = set()
+    kept = []
+    for cfg in configs:
+        try:
+            split = _geometry(cfg, layout == "gemv", g, m, n, k)[2]
+        except ValueError:
+            continue
+        if dataclasses.replace(cfg, split_k=split) not in seen:
+            seen.add(dataclasses.replace(cfg, split_k=split))
+            kept.append(cfg)
+    return kept
+
+
 def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     gemv = layout == "gemv"
     configs = []
@@ -230,7 +247,7 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                 path = "gemv" if m <= 16 else "gemm"
                 timings: dict[str, float] = {}
                 best: tuple[float, MatmulConfig] | None = None
-                for cfg in sweep_configs(m, args.group, layout):
+                for cfg in distinct_at_shape(sweep_configs(m, args.group, layout), layout, args.group, m, n, k):
                     try:
                         t = time_graph([lambda p=p, c=cfg: awq_linear(x, p, None, config=c, path=path)
                                         for p in packed], reps=10, warmup=2).median_us

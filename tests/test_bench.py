@@ -286,3 +286,14 @@ def test_a_checkpoint_and_an_embedded_shape_are_refused_together(tmp_path: Path)
         run_benchmark(BenchConfig(model=tmp_path, shape="smollm2-135m"))
     with pytest.raises(ValueError, match="one of llama2-7b, smollm2-135m"):
         run_benchmark(BenchConfig(shape="llama3"))
+
+
+def test_the_sweep_times_each_distinct_launch_once() -> None:
+    """On K = 576 in tiles of 64 (9 tiles), S16, S32 and S64 all launch 9 splits: one timing."""
+    from awq_kernel_select.kernels.matmul import MatmulConfig
+    from benchmarks.kernels import distinct_at_shape
+
+    configs = [MatmulConfig(1, 64, 64, s, 4, 3, prefetch=True) for s in (4, 8, 16, 32, 64)]
+    assert [c.split_k for c in distinct_at_shape(configs, "gemv", 64, 1, 576, 576)] == [4, 8, 16]
+    assert len(distinct_at_shape(configs, "gemv", 64, 1, 4096, 4096)) == 5  # 64 tiles of K: all differ
+    assert distinct_at_shape([MatmulConfig(1, 64, 48, 4, 4, 3)], "gemv", 64, 1, 576, 576) == []  # refused
