@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # On a CUDA machine, in one go, SmolLM2-135M's small layers (576 wide, group 64), where launches
 # and latency rather than bytes bound a decode step: the M = 1 tile sweep of both layouts (tiles
-# of K = 64 to 256; the best go to the measured-facts overlay, used by the steps after it), the
-# kernel table at M = 1 and 4 against fp16 cuBLAS and the peers, and the model bench on the
-# embedded model of those shapes. Each step writes under OUT and is skipped once the time budget
-# (default 540 s) is spent. The sweep takes most of a 10-minute call: where calls are that short,
-# run "sweep" in one and "table bench" in the next on the same machine (the overlay stays in
-# ~/.cache while it is up).
+# of K = 64 to 2048, some taking all of a short K in one step; the best go to the measured-facts
+# overlay, used by the steps after it), the kernel table at M = 1 and 4 against fp16 cuBLAS and
+# the peers, and the model bench on the embedded model of those shapes. Each step writes under
+# OUT and is skipped once the time budget (default 540 s) is spent. The sweep takes most of a
+# 10-minute call: where calls are that short, run "sweep" in one and "table bench" in the next on
+# the same machine (the overlay stays in ~/.cache while it is up).
 #   bash benchmarks/gpu_small_layers.sh OUT [SECONDS] [sweep] [table] [bench]   # default: all three
 set -uo pipefail
 out=${1:?usage: gpu_small_layers.sh OUT [SECONDS] [STEP...]}

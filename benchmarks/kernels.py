@@ -141,9 +141,10 @@ QUICK_SWEEP = False  # --quick-sweep: fewer stages and tile sizes
 SWEEP_MATCH: list[str] = []  # --sweep-match: only tiles whose name contains each piece
 
 
-def sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
-    """The tile shapes the sweep tries (split-K is a run-time argument: it costs no compile)."""
-    configs = _sweep_configs(m, g, layout)
+def sweep_configs(m: int, g: int, layout: str, k: int | None = None) -> list[MatmulConfig]:
+    """The tile shapes the sweep tries (split-K is a run-time argument: it costs no compile);
+    with ``k``, also the tiles that take all of a short K in one or two steps."""
+    configs = _sweep_configs(m, g, layout) + (_one_step_configs(m, k) if k is not None and layout == "gemv" else [])
     if SWEEP_MATCH:  # only the tiles whose name has every given piece, e.g. "/BK256/" "/IK"
         configs = [c for c in configs if all(piece in str(c) for piece in SWEEP_MATCH)]
     if QUICK_SWEEP:
@@ -167,6 +168,18 @@ def distinct_at_shape(configs: list[MatmulConfig], layout: str, g: int, m: int, 
             seen.add(dataclasses.replace(cfg, split_k=split))
             kept.append(cfg)
     return kept
+
+
+def _one_step_configs(m: int, k: int) -> list[MatmulConfig]:
+    """GEMV layout, one or two tokens, K of at most 2048 (small models: SmolLM2's 576 and 1536):
+    tiles whose BLOCK_K covers K in one or two steps, on 16-64 rows, so that a program issues all
+    its loads at once instead of waiting on a split-K reduction (spanning groups is allowed)."""
+    if m > 2 or k > 2048:
+        return []
+    return [MatmulConfig(m, bn, bk, split, 4, 3, prefetch=prefetch)
+            for bk in (512, 1024, 2048) if k / 2 < bk < 2 * k
+            for bn in (16, 32, 64) if bn * bk // 8 <= 4096
+            for prefetch in (False, True) for split in (1, 2)]
 
 
 def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
@@ -247,7 +260,7 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                 path = "gemv" if m <= 16 else "gemm"
                 timings: dict[str, float] = {}
                 best: tuple[float, MatmulConfig] | None = None
-                for cfg in distinct_at_shape(sweep_configs(m, args.group, layout), layout, args.group, m, n, k):
+                for cfg in distinct_at_shape(sweep_configs(m, args.group, layout, k), layout, args.group, m, n, k):
                     try:
                         t = time_graph([lambda p=p, c=cfg: awq_linear(x, p, None, config=c, path=path)
                                         for p in packed], reps=10, warmup=2).median_us

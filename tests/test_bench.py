@@ -260,6 +260,10 @@ def test_the_tile_sweep_tries_only_tiles_the_kernels_accept(group: int, monkeypa
             for cfg in configs:
                 cfg.check(layout == "gemv", group)
     assert all(k % 64 == 0 for k, _ in kb.SHAPE_SETS["smollm2"])
+    for k, n in kb.SHAPE_SETS["smollm2"]:  # the one-step tiles of short K, at every shape they are swept
+        one_step = [c for c in kb.sweep_configs(1, group, "gemv", k) if c.block_k >= 512]
+        assert one_step and kb.distinct_at_shape(one_step, "gemv", group, 1, n, k)
+    assert not [c for c in kb.sweep_configs(1, group, "gemv", 4096) if c.block_k >= 512]
 
 
 def test_the_small_model_shapes_run_on_the_cpu_with_their_group(tmp_path: Path) -> None:

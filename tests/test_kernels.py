@@ -169,6 +169,7 @@ TILE_CONFIGS = [  # (layout, config): every family of tiles the kernels have
     ("gemv", MatmulConfig(1, 64, 128, 3, prefetch=True)),  # tiles of two groups, next tile early
     ("gemv", MatmulConfig(2, 32, 64, 3, interleave_k=True)),
     ("gemv", MatmulConfig(2, 32, 64, 3, prefetch=True, interleave_k=True)),  # two tokens, next tile early
+    ("gemv", MatmulConfig(2, 16, 512, 1)),  # all of a short K in one masked step (small models)
     ("gemv", MatmulConfig(16, 32, 32, 3, w_first=True, prefetch=True, interleave_k=True)),
     ("gemm", MatmulConfig(1, 64, 32, 2)),  # FMA
     ("gemm", MatmulConfig(16, 32, 64, 1)),  # tl.dot
@@ -262,7 +263,8 @@ def test_one_token_fp16_path_with_outliers_and_an_unaligned_x(cfg: MatmulConfig)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("cfg", [MatmulConfig(1, 32, 64, 2), MatmulConfig(1, 64, 64, 2, prefetch=True, interleave_k=True),
-                                 MatmulConfig(2, 32, 128, 1), MatmulConfig(2, 32, 64, 3, prefetch=True, interleave_k=True)])
+                                 MatmulConfig(2, 32, 128, 1), MatmulConfig(2, 32, 64, 3, prefetch=True, interleave_k=True),
+                                 MatmulConfig(1, 16, 512, 1, prefetch=True)])  # K = 384 in one masked step
 def test_pair_paths_with_an_odd_token_count_and_an_unaligned_x(cfg: MatmulConfig, dtype: torch.dtype) -> None:
     """The pair paths (one or two tokens per program, words and x read as int64): bf16 with
     values beyond fp16's range, fp16 with LLM-sized outliers; M = 3 leaves the second token of
