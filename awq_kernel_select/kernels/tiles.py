@@ -149,18 +149,18 @@ def dot8_one_plus_q16(words, x0, x1, x2, x3, x4, x5, x6, x7, USE_PTX: tl.constex
 # Two neighbouring words (one int64) share one fp16x2 sum, so the halves go to fp32 once per 16
 # weights: each half sums 8 products rounded to fp16 (11 bits) before it reaches the fp32
 # accumulator; ``/ 16`` keeps it in range for |x| up to ~8000 (each product is at most |x|).
-def _decoded_pairs(word: str) -> str:
+def _decoded_pairs(word: str, low: str = "$10", high: str = "$11") -> str:
     """PTX: ``(q - z) / 16`` of nibbles (0, 4), (1, 5), (2, 6), (3, 7) of ``word`` into the
-    fp16x2 registers a, b, c, d (``$10``, ``$11``: ``zero_pairs``)."""
+    fp16x2 registers a, b, c, d (``low``, ``high``: the operands holding ``zero_pairs``)."""
     return f"""shr.u32 t, {word}, 8;
 lop3.b32 a, {word}, 0x000F000F, 0x64006400, 0xEA;
 lop3.b32 b, {word}, 0x00F000F0, 0x64006400, 0xEA;
 lop3.b32 c, t, 0x000F000F, 0x64006400, 0xEA;
 lop3.b32 d, t, 0x00F000F0, 0x64006400, 0xEA;
-fma.rn.f16x2 a, a, k16, $10;
-fma.rn.f16x2 b, b, k256, $11;
-fma.rn.f16x2 c, c, k16, $10;
-fma.rn.f16x2 d, d, k256, $11;
+fma.rn.f16x2 a, a, k16, {low};
+fma.rn.f16x2 b, b, k256, {high};
+fma.rn.f16x2 c, c, k16, {low};
+fma.rn.f16x2 d, d, k256, {high};
 """
 
 
@@ -320,8 +320,7 @@ _DECODE16_F16X2_PTX: tl.constexpr = tl.constexpr("""
 mov.b64 {w0, w1}, $8;
 mov.b32 k16, 0x2C002C00;
 mov.b32 k256, 0x1C001C00;
-""" + _decoded_pairs("w0").replace("$10", "$9").replace("$11", "$10") + _PAIRS_OUT
-    + _decoded_pairs("w1").replace("$10", "$9").replace("$11", "$10") + _PAIRS_OUT_HIGH + "}")
+""" + _decoded_pairs("w0", "$9", "$10") + _PAIRS_OUT + _decoded_pairs("w1", "$9", "$10") + _PAIRS_OUT_HIGH + "}")
 # Inputs: $8 the two words (int64), $9 the bf16x2 pair of ``-(128 + z)`` (``bf16_zero_pair``).
 _DECODE16_BF16X2_PTX: tl.constexpr = tl.constexpr("""
 {
