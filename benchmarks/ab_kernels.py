@@ -50,15 +50,13 @@ def import_other(root: Path, name: str = "aks_other") -> types.ModuleType:
 
 def builders(other: Any) -> dict[str, Callable[..., Op]]:
     """This checkout's ``awq_linear`` and ``other``'s (``import_other``), each on its own packing."""
-    def this(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> Op:
-        packed = L.pack(q, z, s, GROUP, "gemv")
-        return lambda x: awq_linear(x, packed, None)
+    def builder(layouts: Any, linear: Callable[..., torch.Tensor]) -> Callable[..., Op]:
+        def build(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> Op:
+            packed = layouts.pack(q, z, s, GROUP, "gemv")
+            return lambda x: linear(x, packed, None)
+        return build
 
-    def base(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> Op:
-        packed = other.layouts.pack(q, z, s, GROUP, "gemv")
-        return lambda x: other.kernels.dispatch.awq_linear(x, packed, None)
-
-    return {"this": this, "other": base}
+    return {"this": builder(L, awq_linear), "other": builder(other.layouts, other.kernels.dispatch.awq_linear)}
 
 
 def main() -> None:

@@ -13,13 +13,7 @@ budget=${3:-540}
 mkdir -p "$out"
 SECONDS=0
 
-step() {  # step NAME MAX_SECONDS COMMAND...: run COMMAND for at most MAX_SECONDS of what is left
-  local name=$1 most=$2 left=$((budget - SECONDS))
-  shift 2
-  if ((left < 20)); then echo "$name: skipped (time budget spent)"; return; fi
-  timeout $((most < left ? most : left)) "$@" > "$out/$name.log" 2>&1
-  echo "$name: rc=$? at ${SECONDS} s"
-}
+source "$(dirname "$0")/steps.sh"  # step NAME MAX_SECONDS COMMAND...
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu,power.draw --format=csv > "$out/gpu.csv"
 step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \

@@ -16,14 +16,7 @@ steps=" ${*:3} "
 mkdir -p "$out"
 SECONDS=0
 
-step() {  # step NAME MAX_SECONDS COMMAND...: run COMMAND for at most MAX_SECONDS of what is left
-  local name=$1 most=$2 left=$((budget - SECONDS))
-  shift 2
-  [[ $steps == *" $name "* ]] || return 0
-  if ((left < 20)); then echo "$name: skipped (time budget spent)"; return; fi
-  timeout $((most < left ? most : left)) "$@" > "$out/$name.log" 2>&1
-  echo "$name: rc=$? at ${SECONDS} s"
-}
+source "$(dirname "$0")/steps.sh"  # step NAME MAX_SECONDS COMMAND...
 
 small=(--shapes smollm2 --group 64)
 step sweep 520 python3 -m benchmarks.kernels --sweep "${small[@]}" --layouts gemv gemm --sweep-ms 1 --quick-sweep \

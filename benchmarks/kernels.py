@@ -164,8 +164,9 @@ def distinct_at_shape(configs: list[MatmulConfig], layout: str, g: int, m: int, 
             split = _geometry(cfg, layout == "gemv", g, m, n, k)[2]
         except ValueError:
             continue
-        if dataclasses.replace(cfg, split_k=split) not in seen:
-            seen.add(dataclasses.replace(cfg, split_k=split))
+        launch = dataclasses.replace(cfg, split_k=split)
+        if launch not in seen:
+            seen.add(launch)
             kept.append(cfg)
     return kept
 

@@ -20,7 +20,7 @@ from ..probes import check
 from ..select import select_kernel
 from .latency import (LatencyResult, crossover, eager_decode_step, measure, measure_compiled, pdl_available,
                       time_eager_in_turn)
-from .model import EMBEDDED_SHAPES, dense_twin, embedded_models, packed_bytes_per_token
+from .model import EMBEDDED_SHAPES, TINY_SHAPE, dense_twin, embedded_models, packed_bytes_per_token
 from .timing import copy_bandwidth
 
 
@@ -153,9 +153,10 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     variants: dict[str, nn.Module] = {}
     if cfg.model is None:
         tiny = cfg.shape is None and not on_gpu
-        label = "tiny Llama" if tiny else EMBEDDED_SHAPES[cfg.shape or "llama2-7b"].label
-        say(f"building the embedded model ({label}, {sizes.layers} layers) ...")
-        models = embedded_models(sizes.layers, device, tiny=tiny, shape=cfg.shape or "llama2-7b")
+        shape = cfg.shape or "llama2-7b"
+        say(f"building the embedded model ({(TINY_SHAPE if tiny else EMBEDDED_SHAPES[shape]).label}, "
+            f"{sizes.layers} layers) ...")
+        models = embedded_models(sizes.layers, device, tiny=tiny, shape=shape)
         description = models.description
         variants["fp16"] = models.fp16
         quantized = models.quantized
