@@ -172,12 +172,12 @@ def distinct_at_shape(configs: list[MatmulConfig], layout: str, g: int, m: int, 
 
 
 def _one_step_configs(m: int, k: int) -> list[MatmulConfig]:
-    """GEMV layout, one or two tokens, K of at most 2048 (small models: SmolLM2's 576 and 1536):
+    """GEMV layout, one to four tokens, K of at most 2048 (small models: SmolLM2's 576 and 1536):
     tiles whose BLOCK_K covers K in one or two steps, on 16-64 rows, so that a program issues all
     its loads at once instead of waiting on a split-K reduction (spanning groups is allowed)."""
-    if m > 2 or k > 2048:
+    if m > 4 or k > 2048:
         return []
-    return [MatmulConfig(m, bn, bk, split, 4, 3, prefetch=prefetch)
+    return [MatmulConfig(m if m <= 2 else 4, bn, bk, split, 4, 3, prefetch=prefetch)
             for bk in (512, 1024, 2048) if k / 2 < bk < 2 * k
             for bn in (16, 32, 64) if bn * bk // 8 <= 4096
             for prefetch in (False, True) for split in (1, 2)]
@@ -195,18 +195,19 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
                         continue
                     for stages in (2, 3):
                         configs += [MatmulConfig(1, bn, bk, split, warps, stages) for split in splits]
-    if gemv and m <= 2:  # FMA, words decoded in pairs once for both tokens at M = 2; rows per thread share x
+    if gemv and m <= 4:  # FMA, words decoded in pairs once for all tokens at M = 2, 4; rows per thread share x
         for bn in (64, 128, 256):
             for bk in (64, 128, 256):
                 for warps in (4, 8):
                     if bn * bk // 8 > 1024 * warps or bn * bk // 8 < 128 * warps:
                         continue
                     options = (False, True)  # prefetch and interleave_k
-                    configs += [MatmulConfig(m, bn, bk, split, warps, 3, prefetch=prefetch, interleave_k=interleave)
+                    configs += [MatmulConfig(m if m <= 2 else 4, bn, bk, split, warps, 3, prefetch=prefetch,
+                                             interleave_k=interleave)
                                 for prefetch, interleave in itertools.product(options, options)
                                 for split in ((4, 8, 16, 32, 64) if m == 1 else (2, 4, 8, 16, 32))]
-    if gemv and 2 < m <= 8:  # FMA with all M tokens in one program
-        bm = 4 if m <= 4 else 8
+    if gemv and 4 < m <= 8:  # FMA with all M tokens in one program, nibble by nibble
+        bm = 8
         for bn in (32, 64, 128):
             for bk in (64, 128, 256):
                 for warps in (4, 8):

@@ -90,6 +90,7 @@ TILES = [
     ("gemv", matmul.MatmulConfig(2, 256, 128, 8, 4, 3)),  # two tokens: per weight, not per weight and token
     ("gemv", matmul.MatmulConfig(2, 64, 128, 8, 4, 3)),
     ("gemv", matmul.MatmulConfig(2, 128, 128, 8, 4, 3)),
+    ("gemv", matmul.MatmulConfig(4, 128, 128, 8, 4, 3, prefetch=True)),  # four tokens: the shipped M = 4 tiles
     ("gemm", matmul.MatmulConfig(1, 256, 32, 8, 4, 3)),
     ("gemm", matmul.MatmulConfig(1, 256, 64, 8, 4, 3)),
     # 16-row tl.dot (M = 2..16), words decoded in fp16x2 pairs: per weight, all 16 tokens

@@ -170,6 +170,7 @@ TILE_CONFIGS = [  # (layout, config): every family of tiles the kernels have
     ("gemv", MatmulConfig(2, 32, 64, 3, interleave_k=True)),
     ("gemv", MatmulConfig(2, 32, 64, 3, prefetch=True, interleave_k=True)),  # two tokens, next tile early
     ("gemv", MatmulConfig(2, 16, 512, 1)),  # all of a short K in one masked step (small models)
+    ("gemv", MatmulConfig(4, 32, 64, 3, prefetch=True, interleave_k=True)),  # four tokens, words decoded once
     ("gemv", MatmulConfig(16, 32, 32, 3, w_first=True, prefetch=True, interleave_k=True)),
     ("gemm", MatmulConfig(1, 64, 32, 2)),  # FMA
     ("gemm", MatmulConfig(16, 32, 64, 1)),  # tl.dot
@@ -264,15 +265,16 @@ def test_one_token_fp16_path_with_outliers_and_an_unaligned_x(cfg: MatmulConfig)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("cfg", [MatmulConfig(1, 32, 64, 2), MatmulConfig(1, 64, 64, 2, prefetch=True, interleave_k=True),
                                  MatmulConfig(2, 32, 128, 1), MatmulConfig(2, 32, 64, 3, prefetch=True, interleave_k=True),
-                                 MatmulConfig(1, 16, 512, 1, prefetch=True)])  # K = 384 in one masked step
+                                 MatmulConfig(1, 16, 512, 1, prefetch=True),  # K = 384 in one masked step
+                                 MatmulConfig(4, 32, 64, 3, prefetch=True, interleave_k=True)])
 def test_pair_paths_with_an_odd_token_count_and_an_unaligned_x(cfg: MatmulConfig, dtype: torch.dtype) -> None:
-    """The pair paths (one or two tokens per program, words and x read as int64): bf16 with
-    values beyond fp16's range, fp16 with LLM-sized outliers; M = 3 leaves the second token of
-    the last two-token program empty; x 2 bytes off alignment (the launcher copies it)."""
+    """The pair paths (one, two or four tokens per program, words and x read as int64): bf16
+    with values beyond fp16's range, fp16 with LLM-sized outliers; M = 3 and 6 leave tokens of
+    the last program empty; x 2 bytes off alignment (the launcher copies it)."""
     k, n = SHAPES[0]
     packed = random_packed(k, n, 64, "gemv", seed=17)
     ref_w = L.dequantize(packed, torch.float64)
-    for m in (1, 3):
+    for m in (1, 3, 6):
         buf = torch.randn(m, k + 1, device=DEVICE) * (3e5 if dtype == torch.bfloat16 else 1.0)
         if dtype == torch.float16:
             buf[:, 1::97] = 3000.0 * torch.sign(buf[:, 1::97])
@@ -282,6 +284,17 @@ def test_pair_paths_with_an_odd_token_count_and_an_unaligned_x(cfg: MatmulConfig
         out = awq_linear(x, packed, path="gemv", config=cfg)
         bound = BF16_TOL if dtype == torch.bfloat16 else TOL
         assert out.dtype == dtype and rel_err(out, x.double() @ ref_w.t()) < bound, f"M={m}"
+
+
+def test_four_token_tiles_without_the_pair_path() -> None:
+    """fp32 x, or words whose rows are not 8-byte aligned, take the nibble-by-nibble path of the
+    same four-token tile, loading the next tile early as the pair path does."""
+    k, n = SHAPES[0]
+    cfg = MatmulConfig(4, 32, 64, 3, prefetch=True, interleave_k=True)
+    packed = random_packed(k, n, 64, "gemv", seed=23)
+    x = torch.randn(5, k, device=DEVICE)
+    ref = x.double() @ L.dequantize(packed, torch.float64).t()
+    assert rel_err(awq_linear(x, packed, path="gemv", config=cfg), ref) < TOL
 
 
 @pytest.mark.parametrize("cfg", [MatmulConfig(2, 64, 64, 1), MatmulConfig(1, 64, 64, 1, w_first=True),

@@ -161,20 +161,26 @@ class DispatchPlan:
         does this to try tiles inside a compiled model without recompiling it."""
         self._decided.clear()
 
-    def tuned_entry(self, layout: str, m: int, n: int, k: int, g: int) -> TunedEntry | None:
-        """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not)."""
+    def tuned_entry(self, layout: str, m: int, n: int, k: int, g: int, bf16: bool = False) -> TunedEntry | None:
+        """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not).
+
+        The sweeps time fp16 x. With ``bf16`` x the four-token FMA tiles are passed over: their
+        bf16 pair sums take ~40% more instructions per weight than fp16's, and on the H100 the
+        16-row ``tl.dot`` tile of the next bucket was 9-10% faster at M = 3 and 4 (docs/kernels.md)."""
         bucket = m_bucket(m)
         for b in M_BUCKETS[M_BUCKETS.index(bucket):]:
             if (b <= 16) != (bucket <= 16):
                 break
             found = self.tiles.get((layout, k, n, g, b))
-            if found is not None:
+            if found is not None and not (bf16 and found.config.block_m == 4):
                 return found
         return None
 
-    def config_for(self, path: KernelPath, layout: str, m: int, n: int, k: int, g: int) -> MatmulConfig:
-        """The tuned configuration for this shape if the plan has one, else the heuristic."""
-        found = self.tuned_entry(layout, m, n, k, g)
+    def config_for(self, path: KernelPath, layout: str, m: int, n: int, k: int, g: int,
+                   bf16: bool = False) -> MatmulConfig:
+        """The tuned configuration for this shape (``bf16``: for bf16 x) if the plan has one, else
+        the heuristic."""
+        found = self.tuned_entry(layout, m, n, k, g, bf16)
         if found is not None and (path == "gemv") == (m_bucket(m) <= 16):
             return found.config
         if path == "gemv":
@@ -182,19 +188,19 @@ class DispatchPlan:
         return gemm_config(m, n, k, g, layout == "gemv")
 
     def decide(self, device: torch.device, layout: str, m: int, n: int, k: int, g: int,
-               path: KernelPath | Literal["auto"] = "auto") -> tuple[KernelPath, MatmulConfig]:
-        """The path and tile configuration for one call shape."""
-        key = (device.type, layout, m, n, k, g, path)
+               path: KernelPath | Literal["auto"] = "auto", bf16: bool = False) -> tuple[KernelPath, MatmulConfig]:
+        """The path and tile configuration for one call shape (``bf16``: of bf16 x)."""
+        key = (device.type, layout, m, n, k, g, path, bf16)
         found = self._decided.get(key)
         if found is not None:
             return found
         chosen = choose_path(m, device, self.policy) if path == "auto" else path
         if path == "auto" and chosen in ("gemm", "dequant") and m < self.policy.dequant_min_tokens * 4:
             # between the regimes, what this GPU measured for this shape decides
-            entry = self.tuned_entry(layout, m, n, k, g)
+            entry = self.tuned_entry(layout, m, n, k, g, bf16)
             if entry is not None and entry.path is not None:
                 chosen = entry.path
-        decided = (chosen, self.config_for("gemv" if chosen == "gemv" else "gemm", layout, m, n, k, g))
+        decided = (chosen, self.config_for("gemv" if chosen == "gemv" else "gemm", layout, m, n, k, g, bf16))
         if len(self._decided) >= 4096:
             self._decided.clear()
         self._decided[key] = decided
@@ -317,7 +323,7 @@ def linear_with_replay(
         return x.new_zeros(*lead, width), None
     plan = default_plan(x.device) if plan is None else plan
     chosen, planned = plan.decide(x.device, weights.layout, m, weights.out_features, weights.in_features,
-                                  weights.group_size, path)
+                                  weights.group_size, path, bf16=x.dtype == torch.bfloat16)
     if chosen != "torch" and not triton_usable(x.device):
         raise RuntimeError(f"path {chosen!r} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
     replay: Replay | None = None

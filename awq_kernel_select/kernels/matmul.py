@@ -2,8 +2,8 @@
 
 History that shaped it (H100 sweeps and SASS counts, docs/kernels.md): the GEMV layout's
 one-token path for fp16 x decodes two words at a time in fp16x2 pairs and dots them with x's
-fp16x2 pairs (``tiles.dot16_f16x2``); for bf16 x and for two tokens the words are decoded once
-into pairs and dotted with each token's (``tiles.decode16_pairs``, ``tiles.dot16_pairs``); the
+fp16x2 pairs (``tiles.dot16_f16x2``); for bf16 x and for two or four tokens the words are decoded
+once into pairs and dotted with each token's (``tiles.decode16_pairs``, ``tiles.dot16_pairs``); the
 other FMA paths use the fp32 bit trick of ``tiles.py`` nibble by nibble; all through small PTX
 helpers on the GPU; the ``tl.dot`` paths decode each
 packed word in fp16x2 pairs (Marlin's LOP3 trick). In this memory-bound regime the instruction
@@ -101,9 +101,10 @@ class MatmulConfig:
                 f"{'/PF' if self.prefetch else ''}{'/IK' if self.interleave_k else ''}")
 
     def takes_pairs(self, gemv_layout: bool) -> bool:
-        """The tile can run the pair paths (GEMV layout, one or two tokens, K tiles of whole
-        int64 pairs of words); the launcher also asks for fp16 or bf16 x and 8-byte aligned words."""
-        return gemv_layout and self.block_m <= 2 and self.block_k % 16 == 0
+        """The tile can run the pair paths (GEMV layout, one, two or four tokens, K tiles of
+        whole int64 pairs of words); the launcher also asks for fp16 or bf16 x and 8-byte aligned
+        words."""
+        return gemv_layout and self.block_m in (1, 2, 4) and self.block_k % 16 == 0
 
     def check(self, gemv_layout: bool, group_size: int) -> None:
         """Raise ``ValueError`` if the kernel cannot run this tile shape."""
@@ -123,9 +124,9 @@ class MatmulConfig:
             raise ValueError(f"{self}: BLOCK_K must divide group_size={group_size}")
         if not fma and (bn < 16 or bk < 16):
             raise ValueError(f"{self}: the tl.dot path needs BLOCK_N, BLOCK_K >= 16")
-        if self.prefetch and fma and (bm > 2 or not gemv_layout):
+        if self.prefetch and fma and (bm > 4 or not gemv_layout):
             raise ValueError(f"{self}: prefetch is for tl.dot (BLOCK_M >= 16) and the GEMV layout's "
-                             "one- and two-token FMA paths (BLOCK_M = 1, 2)")
+                             "FMA paths of one, two or four tokens (BLOCK_M = 1, 2, 4)")
         if self.w_first and fma:
             raise ValueError(f"{self}: w_first is for the tl.dot path (BLOCK_M >= 16)")
         if self.interleave_k and not gemv_layout:
@@ -468,7 +469,7 @@ def awq_gemv_layout_kernel(
 ):
     FMA: tl.constexpr = BLOCK_M < 16
     DOT_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16  # tl.dot in bf16 (_dot_operand)
-    # X_PAIRS (the launcher's choice; BLOCK_M <= 2, fp16 or bf16 x, 8-byte aligned words and x):
+    # X_PAIRS (the launcher's choice; BLOCK_M 1, 2 or 4, fp16 or bf16 x, 8-byte aligned words and x):
     # words and x read as int64, pair arithmetic. One fp16 token: dot16_f16x2; else the words
     # decoded once (decode16_pairs) and dotted with each token (dot16_pairs).
     X_F16: tl.constexpr = X_PAIRS and BLOCK_M == 1 and x_ptr.dtype.element_ty == tl.float16
@@ -498,8 +499,11 @@ def awq_gemv_layout_kernel(
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
         if X_PAIRS:  # one [BLOCK_N, BLOCK_K / 16] accumulator per token: a column per pair of words
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
-            if BLOCK_M == 2:
+            if BLOCK_M >= 2:
                 acc2b = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
+            if BLOCK_M == 4:
+                acc2c = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
+                acc2d = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
         elif BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
             acc_z = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
@@ -535,10 +539,18 @@ def awq_gemv_layout_kernel(
                 xa = x_ptr + pid_m * BLOCK_M * stride_xm
                 e0, e1, e2, e3 = x_pairs(xa, 2 * offs_pj, K, EVEN_K, USE_PTX)
                 o0, o1, o2, o3 = x_pairs(xa, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
-                if BLOCK_M == 2:  # without a second token (M odd), token a again: its row is not stored
-                    xb = xa + tl.where(pid_m * 2 + 1 < M, stride_xm, 0)
+                # past M, token a again (valid memory; its row is not stored)
+                if BLOCK_M >= 2:
+                    xb = xa + tl.where(pid_m * BLOCK_M + 1 < M, stride_xm, 0)
                     f0, f1, f2, f3 = x_pairs(xb, 2 * offs_pj, K, EVEN_K, USE_PTX)
                     g0, g1, g2, g3 = x_pairs(xb, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+                if BLOCK_M == 4:
+                    xc = xa + tl.where(pid_m * BLOCK_M + 2 < M, 2 * stride_xm, 0)
+                    h0, h1, h2, h3 = x_pairs(xc, 2 * offs_pj, K, EVEN_K, USE_PTX)
+                    i0, i1, i2, i3 = x_pairs(xc, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+                    xd = xa + tl.where(pid_m * BLOCK_M + 3 < M, 3 * stride_xm, 0)
+                    j0, j1, j2, j3 = x_pairs(xd, 2 * offs_pj, K, EVEN_K, USE_PTX)
+                    l0, l1, l2, l3 = x_pairs(xd, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
             if PREFETCH:  # this tile's words were loaded one iteration ago; load the next tile's
                 q = q_next
                 q_next = _load_fma_words(qweight_ptr, offs_n, mask_n, k0 + k_step, k_end, stride_qweight,
@@ -553,10 +565,17 @@ def awq_gemv_layout_kernel(
                 acc2 += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, e0[None, :], e1[None, :], e2[None, :],
                                             e3[None, :], o0[None, :], o1[None, :], o2[None, :], o3[None, :],
                                             X_BF16, USE_PTX)
-                if BLOCK_M == 2:
+                if BLOCK_M >= 2:
                     acc2b += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, f0[None, :], f1[None, :],
                                                  f2[None, :], f3[None, :], g0[None, :], g1[None, :], g2[None, :],
                                                  g3[None, :], X_BF16, USE_PTX)
+                if BLOCK_M == 4:
+                    acc2c += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, h0[None, :], h1[None, :],
+                                                 h2[None, :], h3[None, :], i0[None, :], i1[None, :], i2[None, :],
+                                                 i3[None, :], X_BF16, USE_PTX)
+                    acc2d += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, j0[None, :], j1[None, :],
+                                                 j2[None, :], j3[None, :], l0[None, :], l1[None, :], l2[None, :],
+                                                 l3[None, :], X_BF16, USE_PTX)
             else:
                 s16, zs = gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
                                                 stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
@@ -608,7 +627,11 @@ def awq_gemv_layout_kernel(
                 acc_t = tl.dot(w, x_t, acc_t)
             else:
                 acc = tl.dot(tl.trans(x_t), tl.trans(w), acc)
-    if X_PAIRS and BLOCK_M == 2:  # [2, BLOCK_N]: token a, token b
+    if X_PAIRS and BLOCK_M == 4:  # [4, BLOCK_N]: tokens a, b, c, d (join's new axis is the last)
+        ac = tl.join(tl.sum(acc2, axis=1), tl.sum(acc2c, axis=1))
+        bd = tl.join(tl.sum(acc2b, axis=1), tl.sum(acc2d, axis=1))
+        acc = tl.trans(tl.reshape(tl.join(ac, bd), (BLOCK_N, 4)))  # [n, i, j] holds token 2i + j
+    elif X_PAIRS and BLOCK_M == 2:  # [2, BLOCK_N]: token a, token b
         acc = tl.trans(tl.join(tl.sum(acc2, axis=1), tl.sum(acc2b, axis=1)))
     elif X_PAIRS:
         acc = tl.sum(acc2, axis=1)[None, :]
@@ -719,7 +742,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     if gemv_layout and cfg.block_m == 1 and x.dtype == torch.float16 and not words_in_pairs:
         raise ValueError(f"the one-token fp16 path reads qweight as int64: it needs K % 16 == 0 and 8-byte "
                          f"aligned rows (K = {K}, row stride {qweight.stride(0)} words)")
-    # the pair paths (x and W read as int64 words): one or two fp16 or bf16 tokens per program
+    # the pair paths (x and W read as int64 words): one, two or four fp16 or bf16 tokens per program
     pairs = cfg.takes_pairs(gemv_layout) and words_in_pairs and x.dtype in (torch.float16, torch.bfloat16)
     if pairs and (x.data_ptr() % 8 or x.stride(0) % 4):
         x = x.clone(memory_format=torch.contiguous_format)

@@ -9,8 +9,8 @@ Five ways, each used where it measured faster on the H100 (docs/kernels.md):
   ``[BLOCK_N, BLOCK_K]``);
 * **one token in fp16x2** (``dot16_f16x2``, the GEMV layout's one-token path for fp16 x): two
   neighbouring words decoded in fp16x2 pairs and dotted with x's fp16x2 pairs, in PTX on the GPU;
-* **tokens in pairs** (``decode16_pairs`` + ``dot16_pairs``: bf16 x, and two tokens of fp16 or
-  bf16 x): the same two words decoded once into fp16x2 or bf16x2 pairs, then dotted with each
+* **tokens in pairs** (``decode16_pairs`` + ``dot16_pairs``: bf16 x, and two or four tokens of
+  fp16 or bf16 x): the same two words decoded once into fp16x2 or bf16x2 pairs, then dotted with each
   token's x pairs;
 * **nibble by nibble** (``nibble_as_f32_one_plus_q16``, the other FMA paths): nibble ``c`` of word
   ``[n, j]`` is taken in the register layout of the loaded words, with no reshape. On the GPU
@@ -283,14 +283,15 @@ def dot8_f16x2_reference(words, p0, p1, p2, p3, low):
 
 # --- several tokens in pairs: decode once, dot per token ------------------------------------
 #
-# For two fp16 tokens, and one or two bf16 tokens, ``dot16_f16x2``'s work is split in two: the two
-# words of an int64 are decoded once into eight pair registers (``decode16_pairs``), then each
-# token's x pairs are dotted with them (``dot16_pairs``), so that a weight costs its decode once
-# and one HFMA2 half per token. fp16 pairs are ``(q - z) / 16`` as in ``dot16_f16x2`` (the sum of
-# 8 products per half in fp16); bf16 pairs are the exact ``q - z`` (``0x4300 | q`` reads as
-# ``128 + q``; one FMA by 1 with ``-(128 + z)``), and each word's 4 products per half are summed
-# in bf16 before fp32: 8 would add ~2.5e-3 of rounding error where 4 add ~1.5e-3 (float64
-# emulation of 4096-long rows; bf16 output rounding alone is ~1.6e-3, bf16 cuBLAS ~2.4e-3).
+# For two or four fp16 tokens, and one, two or four bf16 tokens, ``dot16_f16x2``'s work is split
+# in two: the two words of an int64 are decoded once into eight pair registers
+# (``decode16_pairs``), then each token's x pairs are dotted with them (``dot16_pairs``), so that
+# a weight costs its decode once and one HFMA2 half per token. fp16 pairs are ``(q - z) / 16`` as
+# in ``dot16_f16x2`` (the sum of 8 products per half in fp16); bf16 pairs are the exact ``q - z``
+# (``0x4300 | q`` reads as ``128 + q``; one FMA by 1 with ``-(128 + z)``), and each word's 4
+# products per half are summed in bf16 before fp32: 8 would add ~2.5e-3 of rounding error where 4
+# add ~1.5e-3 (float64 emulation of 4096-long rows; bf16 output rounding alone is ~1.6e-3, bf16
+# cuBLAS ~2.4e-3).
 def _decoded_bf16_pairs(word: str) -> str:
     """PTX: ``q - z`` of nibbles (0, 4), (1, 5), (2, 6), (3, 7) of ``word`` into the bf16x2
     registers a, b, c, d (``zn``: the pair of ``-(128 + z)``; bf16's 7 mantissa bits take a nibble
