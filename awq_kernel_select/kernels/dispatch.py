@@ -83,7 +83,8 @@ def _split_k(programs: int, tiles: int, k_tiles: int, most: int, least: int = 1)
     return min(max(least, _pow2_floor(max(1, programs // tiles))), _pow2_floor(k_tiles), most)
 
 
-def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_count: int) -> MatmulConfig:
+def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_count: int,
+                bf16: bool = False) -> MatmulConfig:
     """Tiles for M <= 16: enough programs (4-8 per SM) that every SM streams weights.
 
     From the H100 sweeps (docs/kernels.md): the GEMV layout runs FMAs with every token in one
@@ -93,15 +94,17 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
     (GEMV layout), with 4 (GEMM) or 2 (GEMV) programs per SM. At M = 1 the GEMV layout's fp16x2
     kernel is best on 64 rows x 128 columns on 4 warps, loading the next tile early, with about 8
     programs per SM (256-row tiles ran up to 45% slower: docs/kernels.md, H100); at
-    M = 2 256 rows on 4 warps (both tokens in one program). (The M = 1 tiles with
+    M = 2 256 rows on 4 warps (both tokens in one program); at M = 3-4 with fp16 x 128 rows on
+    4 warps, four tokens per program (every 7B/70B shape of the H100's M = 4 sweep; ``bf16`` x
+    takes the 16-row ``tl.dot`` tile, which was faster for it). (The M = 1 tiles with
     ``interleave_k``, a few percent faster on the H100, are in its tuned table only: this
     heuristic is for GPUs nobody has timed.)
     """
-    if gemv_layout and m <= 2:
+    if gemv_layout and (m <= 2 or m <= 4 and not bf16):
         block_k = min(group_size, 128)
-        block_n = 64 if m == 1 else 256
+        block_n = {1: 64, 2: 256}.get(m, 128)
         split = _split_k(8 * sm_count, -(-n // block_n), -(-k // block_k), 64 if m == 1 else 32)
-        return MatmulConfig(m, block_n, block_k, split, 4, 3, prefetch=m == 1)
+        return MatmulConfig(m if m <= 2 else 4, block_n, block_k, split, 4, 3, prefetch=m != 2)
     if not gemv_layout and m == 1:
         block_k = min(group_size, 64)
         return MatmulConfig(1, 256, block_k, _split_k(4 * sm_count, -(-n // 256), -(-k // block_k), 16), 4, 3)
@@ -184,7 +187,7 @@ class DispatchPlan:
         if found is not None and (path == "gemv") == (m_bucket(m) <= 16):
             return found.config
         if path == "gemv":
-            return gemv_config(m, n, k, g, layout == "gemv", self.multiprocessors)
+            return gemv_config(m, n, k, g, layout == "gemv", self.multiprocessors, bf16)
         return gemm_config(m, n, k, g, layout == "gemv")
 
     def decide(self, device: torch.device, layout: str, m: int, n: int, k: int, g: int,
