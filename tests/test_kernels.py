@@ -196,7 +196,8 @@ def test_tile_configurations(layout: str, cfg: MatmulConfig) -> None:
 
 GATED_CONFIGS = [  # the epilogue after each kind of accumulation, with and without split-K
     ("gemv", MatmulConfig(1, 32, 64, 1)), ("gemv", MatmulConfig(1, 64, 64, 3, prefetch=True, interleave_k=True)),
-    ("gemv", MatmulConfig(2, 32, 64, 2)), ("gemv", MatmulConfig(8, 32, 64, 1)),
+    ("gemv", MatmulConfig(2, 32, 64, 2)), ("gemv", MatmulConfig(4, 32, 64, 2, prefetch=True)),
+    ("gemv", MatmulConfig(8, 32, 64, 1)),
     ("gemv", MatmulConfig(16, 32, 32, 1, w_first=True)), ("gemv", MatmulConfig(16, 32, 32, 2)),
     ("gemm", MatmulConfig(1, 64, 32, 2)),  # no epilogue in this kernel: torch after it
 ]
