@@ -79,9 +79,9 @@ class MatmulConfig:
     """Tile shape of one launch. ``block_m`` < 16 means FMAs (the GEMM layout: 1 token per
     program; the GEMV layout: 1, 2, 4 or 8 tokens per program), >= 16 a ``tl.dot``; ``w_first``
     (``tl.dot``) computes ``out^T = W @ x^T`` so that the weight tile is the left
-    operand; ``prefetch`` (the GEMV layout's one- and two-token FMA paths and the ``tl.dot`` paths of
-    both layouts) loads the next tile's words (and its zeros and scales, for ``tl.dot``) one iteration
-    early. ``interleave_k`` (GEMV layout): split ``s`` takes the K tiles ``s, s + split_k, ...``
+    operand; ``prefetch`` (the GEMV layout's FMA paths of one, two or four tokens and the
+    ``tl.dot`` paths of both layouts) loads the next tile's words (and its zeros and scales, for
+    ``tl.dot``) one iteration early. ``interleave_k`` (GEMV layout): split ``s`` takes the K tiles ``s, s + split_k, ...``
     instead of one stretch of K, and the grid is launched in ``(k, m, n)`` order, so that the
     programs running at one time read neighbouring tiles of each packed row [n, :]."""
 
