@@ -14,7 +14,8 @@ SECONDS=0
 source "$(dirname "$0")/steps.sh"  # step NAME MAX_SECONDS COMMAND...
 
 peers=(--shapes two --reps 10 --only fp16 ours_gemv_layout ours_gemm_layout tinygemm)
-step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "pair or four_token or tile_configurations"
+step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernel_tiles.py \
+  -k "pair or four_token or tile_configurations"
 tail -n 2 "$out/tests.log" 2>/dev/null; echo
 step before 60 python3 -m benchmarks.kernels --ms 2 3 4 8 "${peers[@]}" --out "$out/before"
 step sweep 280 python3 -m benchmarks.kernels --sweep --layouts gemv --sweep-ms 4 --sweep-match /BK128/ --quick-sweep \

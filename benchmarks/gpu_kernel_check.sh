@@ -16,7 +16,7 @@ SECONDS=0
 source "$(dirname "$0")/steps.sh"  # step NAME MAX_SECONDS COMMAND...
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu,power.draw --format=csv > "$out/gpu.csv"
-step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernel_tiles.py \
   -k "pair or bf16 or tile_configurations or silu or last_tile or one_token or streams or every_path"
 tail -n 2 "$out/tests.log" 2>/dev/null; echo
 step ab 150 python3 -m benchmarks.ab_kernels --other "$base" --ms 1 2 --dtypes fp16 bf16 --shapes all \

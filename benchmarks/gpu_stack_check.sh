@@ -12,7 +12,7 @@ version=$(python3 -c 'import transformers; print(transformers.__version__)')
 SECONDS=0
 case "$what" in
   tests)
-    python3 -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_kernels.py tests/test_fuse.py \
+    python3 -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_kernels.py tests/test_kernel_tiles.py tests/test_fuse.py \
       tests/test_compile.py tests/test_stack.py tests/test_measured.py 2>&1 | tee "$out/tests-$version.log" | tail -4 ;;
   bench)
     python3 -m awq_kernel_select.cli bench --batch-sizes 1 16 --no-save --out "$out/bench-$version" \
