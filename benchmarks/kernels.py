@@ -37,7 +37,7 @@ from awq_kernel_select import layouts as L
 from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph
 from awq_kernel_select.kernels import awq_linear
 from awq_kernel_select.kernels.dispatch import default_plan
-from awq_kernel_select.kernels.matmul import MatmulConfig, _geometry
+from awq_kernel_select.kernels.matmul import MatmulConfig, _geometry, pair_block_m
 from benchmarks import peers
 from benchmarks.report_kernels import write_report
 
@@ -177,7 +177,7 @@ def _one_step_configs(m: int, k: int) -> list[MatmulConfig]:
     its loads at once instead of waiting on a split-K reduction (spanning groups is allowed)."""
     if m > 4 or k > 2048:
         return []
-    return [MatmulConfig(m if m <= 2 else 4, bn, bk, split, 4, 3, prefetch=prefetch)
+    return [MatmulConfig(pair_block_m(m), bn, bk, split, 4, 3, prefetch=prefetch)
             for bk in (512, 1024, 2048) if k / 2 < bk < 2 * k
             for bn in (16, 32, 64) if bn * bk // 8 <= 4096
             for prefetch in (False, True) for split in (1, 2)]
@@ -202,7 +202,7 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
                     if bn * bk // 8 > 1024 * warps or bn * bk // 8 < 128 * warps:
                         continue
                     options = (False, True)  # prefetch and interleave_k
-                    configs += [MatmulConfig(m if m <= 2 else 4, bn, bk, split, warps, 3, prefetch=prefetch,
+                    configs += [MatmulConfig(pair_block_m(m), bn, bk, split, warps, 3, prefetch=prefetch,
                                              interleave_k=interleave)
                                 for prefetch, interleave in itertools.product(options, options)
                                 for split in ((4, 8, 16, 32, 64) if m == 1 else (2, 4, 8, 16, 32))]

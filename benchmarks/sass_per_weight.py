@@ -43,15 +43,16 @@ ALIGNED = (0, 1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 15, 16, 17)  # pointers, K and st
 
 
 def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool,
-                dtype: str = "fp16") -> tuple[int, collections.Counter[str]]:
+                dtype: str = "fp16", tokens: int | None = None) -> tuple[int, collections.Counter[str]]:
     """Registers per thread and the opcode counts of the kernel's longest loop (``dtype``: x and
-    the output; the pair paths as the launcher picks them for aligned layers)."""
+    the output; the pair paths as the launcher picks them for aligned layers; ``tokens``: how
+    many of a four-token tile's tokens are dotted, default all)."""
     consts = dict(GROUP_SIZE=128, HAS_BIAS=False, USE_SPLIT_K=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, USE_PTX=use_ptx)
     consts.update(PREFETCH=cfg.prefetch, W_FIRST=cfg.w_first, PDL=False)
     if layout == "gemv":
         consts.update(EVEN_K=True, INTERLEAVE_K=cfg.interleave_k, SILU_MUL=False, EMULATE=False,
-                      X_PAIRS=cfg.takes_pairs(True))
+                      X_PAIRS=cfg.takes_pairs(True), TOKENS=tokens or cfg.block_m)
     else:
         consts.update(EVEN_N=True, EMULATE=False)
     kernel = matmul.awq_gemv_layout_kernel if layout == "gemv" else matmul.awq_gemm_layout_kernel
@@ -80,7 +81,8 @@ def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool,
     return int(registers.group(1)) if registers else -1, ops
 
 
-TILES = [
+#: (layout, tile[, tokens dotted]): the tiles counted
+TILES: list[tuple[str, matmul.MatmulConfig] | tuple[str, matmul.MatmulConfig, int]] = [
     ("gemv", matmul.MatmulConfig(1, 128, 128, 8, 4, 3)),
     ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3)),
     ("gemv", matmul.MatmulConfig(1, 256, 128, 8, 8, 3, prefetch=True)),
@@ -91,6 +93,7 @@ TILES = [
     ("gemv", matmul.MatmulConfig(2, 64, 128, 8, 4, 3)),
     ("gemv", matmul.MatmulConfig(2, 128, 128, 8, 4, 3)),
     ("gemv", matmul.MatmulConfig(4, 128, 128, 8, 4, 3, prefetch=True)),  # four tokens: the shipped M = 4 tiles
+    ("gemv", matmul.MatmulConfig(4, 128, 128, 8, 4, 3, prefetch=True), 3),  # the same tile at M = 3
     ("gemm", matmul.MatmulConfig(1, 256, 32, 8, 4, 3)),
     ("gemm", matmul.MatmulConfig(1, 256, 64, 8, 4, 3)),
     # 16-row tl.dot (M = 2..16), words decoded in fp16x2 pairs: per weight, all 16 tokens
@@ -109,12 +112,14 @@ def main() -> None:
     print(f"triton {triton.__version__}, sm_90, {'plain Triton' if args.no_ptx else 'PTX helpers'}, {args.dtype} x")
     print("| layout | tile | registers | loop instructions | per weight | top opcodes |")
     print("|---|---|---|---|---|---|")
-    for layout, cfg in TILES:
-        registers, ops = loop_counts(layout, cfg, not args.no_ptx, args.dtype)
+    for layout, cfg, *dotted in TILES:
+        tokens = dotted[0] if dotted else None
+        registers, ops = loop_counts(layout, cfg, not args.no_ptx, args.dtype, tokens)
         weights = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)  # per thread and iteration (all tokens)
         total = sum(ops.values())
         top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))
-        print(f"| {layout} | {cfg} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)
+        tile = f"{cfg} ({tokens} tokens)" if tokens else str(cfg)
+        print(f"| {layout} | {tile} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)
 
 
 if __name__ == "__main__":

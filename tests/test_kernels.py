@@ -167,7 +167,8 @@ def test_one_token_fp16_path_with_outliers_and_an_unaligned_x(cfg: MatmulConfig)
 def test_pair_paths_with_an_odd_token_count_and_an_unaligned_x(cfg: MatmulConfig, dtype: torch.dtype) -> None:
     """The pair paths (one, two or four tokens per program, words and x read as int64): bf16
     with values beyond fp16's range, fp16 with LLM-sized outliers; M = 3 leaves tokens of the
-    last program empty; x 2 bytes off alignment (the launcher copies it)."""
+    last program empty (the four-token tile then dots three: ``TOKENS``); x 2 bytes off
+    alignment (the launcher copies it)."""
     k, n = SHAPES[0]
     packed = random_packed(k, n, 64, "gemv", seed=17)
     ref_w = L.dequantize(packed, torch.float64)

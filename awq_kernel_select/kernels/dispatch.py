@@ -32,7 +32,7 @@ from ..layouts import PackedWeights
 from . import matmul
 from .dequant import dequantize_triton
 from .launch import interpreting
-from .matmul import MatmulConfig, Replay, awq_matmul_with_replay
+from .matmul import MatmulConfig, Replay, awq_matmul_with_replay, pair_block_m
 from .reference import EPILOGUES, Epilogue, apply_epilogue, output_width, reference_linear
 
 KernelPath = Literal["gemv", "gemm", "dequant", "torch"]
@@ -100,11 +100,11 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
     ``interleave_k``, a few percent faster on the H100, are in its tuned table only: this
     heuristic is for GPUs nobody has timed.)
     """
-    if gemv_layout and (m <= 2 or m <= 4 and not bf16):
+    if gemv_layout and (m <= 3 or m == 4 and not bf16):
         block_k = min(group_size, 128)
         block_n = {1: 64, 2: 256}.get(m, 128)
         split = _split_k(8 * sm_count, -(-n // block_n), -(-k // block_k), 64 if m == 1 else 32)
-        return MatmulConfig(m if m <= 2 else 4, block_n, block_k, split, 4, 3, prefetch=m != 2)
+        return MatmulConfig(pair_block_m(m), block_n, block_k, split, 4, 3, prefetch=m != 2)
     if not gemv_layout and m == 1:
         block_k = min(group_size, 64)
         return MatmulConfig(1, 256, block_k, _split_k(4 * sm_count, -(-n // 256), -(-k // block_k), 16), 4, 3)
@@ -175,7 +175,7 @@ class DispatchPlan:
             if (b <= 16) != (bucket <= 16):
                 break
             found = self.tiles.get((layout, k, n, g, b))
-            if found is not None and not (bf16 and found.config.block_m == 4):
+            if found is not None and not (bf16 and found.config.block_m == 4 and m == 4):
                 return found
         return None
 

@@ -133,6 +133,12 @@ class MatmulConfig:
             raise ValueError(f"{self}: interleave_k is for the GEMV layout (qweight [N, K/8])")
 
 
+def pair_block_m(m: int) -> int:
+    """``BLOCK_M`` of the GEMV layout's pair tile for ``m`` <= 4 tokens: every token in one
+    program, 1 or 2 as they are, 3 and 4 on the four-token path (at 3 it dots three)."""
+    return m if m <= 2 else 4
+
+
 # --- programmatic dependent launch --------------------------------------------------------------
 
 
@@ -364,6 +370,16 @@ def _accumulate_words(acc2, acc_z, t, x_sum, s16, zs, BLOCK_K: tl.constexpr, GRO
     return acc2, acc_z
 
 
+@triton.jit
+def _token_x_pairs(x_row, offs_pj, K, EVEN_K: tl.constexpr, USE_PTX: tl.constexpr):
+    """One token's x at the pairs of words ``offs_pj`` (``x_pairs``): the four pairs of each even
+    word, then of each odd word, each ``[1, BLOCK_K / 16]`` (a row that broadcasts over the tile)."""
+    e0, e1, e2, e3 = x_pairs(x_row, 2 * offs_pj, K, EVEN_K, USE_PTX)
+    o0, o1, o2, o3 = x_pairs(x_row, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+    return (e0[None, :], e1[None, :], e2[None, :], e3[None, :],
+            o0[None, :], o1[None, :], o2[None, :], o3[None, :])
+
+
 # --- GEMM layout: qweight [K, N/8] -------------------------------------------------------------
 
 
@@ -466,12 +482,14 @@ def awq_gemv_layout_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_FIRST: tl.constexpr,
     EVEN_K: tl.constexpr, USE_PTX: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
     INTERLEAVE_K: tl.constexpr, SILU_MUL: tl.constexpr, EMULATE: tl.constexpr, X_PAIRS: tl.constexpr,
+    TOKENS: tl.constexpr,
 ):
     FMA: tl.constexpr = BLOCK_M < 16
     DOT_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16  # tl.dot in bf16 (_dot_operand)
     # X_PAIRS (the launcher's choice; BLOCK_M 1, 2 or 4, fp16 or bf16 x, 8-byte aligned words and x):
     # words and x read as int64, pair arithmetic. One fp16 token: dot16_f16x2; else the words
-    # decoded once (decode16_pairs) and dotted with each token (dot16_pairs).
+    # decoded once (decode16_pairs) and dotted with each token (dot16_pairs). TOKENS: how many of
+    # a pair tile's BLOCK_M tokens are dotted; 3 where M is 3 (a fourth would only be masked off).
     X_F16: tl.constexpr = X_PAIRS and BLOCK_M == 1 and x_ptr.dtype.element_ty == tl.float16
     X_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
     WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
@@ -503,6 +521,7 @@ def awq_gemv_layout_kernel(
                 acc2b = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
             if BLOCK_M == 4:
                 acc2c = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
+            if TOKENS == 4:
                 acc2d = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
         elif BLOCK_M <= 2:  # one [BLOCK_N, BLOCK_K / 8] accumulator per token
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
@@ -537,20 +556,17 @@ def awq_gemv_layout_kernel(
                                                          stride_scales, GROUP_SIZE, BLOCK_K, X_BF16)
                 offs_pj = k0 // 16 + tl.arange(0, BLOCK_K // 16)  # pairs of words
                 xa = x_ptr + pid_m * BLOCK_M * stride_xm
-                e0, e1, e2, e3 = x_pairs(xa, 2 * offs_pj, K, EVEN_K, USE_PTX)
-                o0, o1, o2, o3 = x_pairs(xa, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+                e0, e1, e2, e3, o0, o1, o2, o3 = _token_x_pairs(xa, offs_pj, K, EVEN_K, USE_PTX)
                 # past M, token a again (valid memory; its row is not stored)
                 if BLOCK_M >= 2:
                     xb = xa + tl.where(pid_m * BLOCK_M + 1 < M, stride_xm, 0)
-                    f0, f1, f2, f3 = x_pairs(xb, 2 * offs_pj, K, EVEN_K, USE_PTX)
-                    g0, g1, g2, g3 = x_pairs(xb, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+                    f0, f1, f2, f3, g0, g1, g2, g3 = _token_x_pairs(xb, offs_pj, K, EVEN_K, USE_PTX)
                 if BLOCK_M == 4:
                     xc = xa + tl.where(pid_m * BLOCK_M + 2 < M, 2 * stride_xm, 0)
-                    h0, h1, h2, h3 = x_pairs(xc, 2 * offs_pj, K, EVEN_K, USE_PTX)
-                    i0, i1, i2, i3 = x_pairs(xc, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+                    h0, h1, h2, h3, i0, i1, i2, i3 = _token_x_pairs(xc, offs_pj, K, EVEN_K, USE_PTX)
+                if TOKENS == 4:
                     xd = xa + tl.where(pid_m * BLOCK_M + 3 < M, 3 * stride_xm, 0)
-                    j0, j1, j2, j3 = x_pairs(xd, 2 * offs_pj, K, EVEN_K, USE_PTX)
-                    l0, l1, l2, l3 = x_pairs(xd, 2 * offs_pj + 1, K, EVEN_K, USE_PTX)
+                    j0, j1, j2, j3, l0, l1, l2, l3 = _token_x_pairs(xd, offs_pj, K, EVEN_K, USE_PTX)
             if PREFETCH:  # this tile's words were loaded one iteration ago; load the next tile's
                 q = q_next
                 q_next = _load_fma_words(qweight_ptr, offs_n, mask_n, k0 + k_step, k_end, stride_qweight,
@@ -558,24 +574,20 @@ def awq_gemv_layout_kernel(
             else:
                 q = _load_fma_words(qweight_ptr, offs_n, mask_n, k0, k_end, stride_qweight, BLOCK_K, EVEN_K, X_PAIRS)
             if X_F16:
-                acc2 += scale * dot16_f16x2(q, e0[None, :], e1[None, :], e2[None, :], e3[None, :], o0[None, :],
-                                            o1[None, :], o2[None, :], o3[None, :], low, high, USE_PTX)
+                acc2 += scale * dot16_f16x2(q, e0, e1, e2, e3, o0, o1, o2, o3, low, high, USE_PTX)
             elif X_PAIRS:  # each word decoded once, its pairs dotted with each token's
                 p0, p1, p2, p3, p4, p5, p6, p7 = decode16_pairs(q, low, high, X_BF16, USE_PTX)
-                acc2 += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, e0[None, :], e1[None, :], e2[None, :],
-                                            e3[None, :], o0[None, :], o1[None, :], o2[None, :], o3[None, :],
+                acc2 += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, e0, e1, e2, e3, o0, o1, o2, o3,
                                             X_BF16, USE_PTX)
                 if BLOCK_M >= 2:
-                    acc2b += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, f0[None, :], f1[None, :],
-                                                 f2[None, :], f3[None, :], g0[None, :], g1[None, :], g2[None, :],
-                                                 g3[None, :], X_BF16, USE_PTX)
+                    acc2b += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, f0, f1, f2, f3, g0, g1, g2, g3,
+                                                 X_BF16, USE_PTX)
                 if BLOCK_M == 4:
-                    acc2c += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, h0[None, :], h1[None, :],
-                                                 h2[None, :], h3[None, :], i0[None, :], i1[None, :], i2[None, :],
-                                                 i3[None, :], X_BF16, USE_PTX)
-                    acc2d += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, j0[None, :], j1[None, :],
-                                                 j2[None, :], j3[None, :], l0[None, :], l1[None, :], l2[None, :],
-                                                 l3[None, :], X_BF16, USE_PTX)
+                    acc2c += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, i0, i1, i2, i3,
+                                                 X_BF16, USE_PTX)
+                if TOKENS == 4:
+                    acc2d += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, j0, j1, j2, j3, l0, l1, l2, l3,
+                                                 X_BF16, USE_PTX)
             else:
                 s16, zs = gemv_group_scales_f32(qzeros_ptr, scales_ptr, offs_n, mask_n, k0,
                                                 stride_qzeros, stride_scales, GROUP_SIZE, BLOCK_K)
@@ -629,7 +641,10 @@ def awq_gemv_layout_kernel(
                 acc = tl.dot(tl.trans(x_t), tl.trans(w), acc)
     if X_PAIRS and BLOCK_M == 4:  # [4, BLOCK_N]: tokens a, b, c, d (join's new axis is the last)
         ac = tl.join(tl.sum(acc2, axis=1), tl.sum(acc2c, axis=1))
-        bd = tl.join(tl.sum(acc2b, axis=1), tl.sum(acc2d, axis=1))
+        if TOKENS == 4:
+            bd = tl.join(tl.sum(acc2b, axis=1), tl.sum(acc2d, axis=1))
+        else:  # three tokens: the fourth row is masked off at the store; c's sums stand in
+            bd = tl.join(tl.sum(acc2b, axis=1), tl.sum(acc2c, axis=1))
         acc = tl.trans(tl.reshape(tl.join(ac, bd), (BLOCK_N, 4)))  # [n, i, j] holds token 2i + j
     elif X_PAIRS and BLOCK_M == 2:  # [2, BLOCK_N]: token a, token b
         acc = tl.trans(tl.join(tl.sum(acc2, axis=1), tl.sum(acc2b, axis=1)))
@@ -773,6 +788,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     meta["EMULATE"] = emulate
     if gemv_layout:
         meta["X_PAIRS"] = pairs
+        meta["TOKENS"] = 3 if pairs and cfg.block_m == 4 and M == 3 else cfg.block_m
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
