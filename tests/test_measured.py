@@ -139,19 +139,21 @@ def test_tile_lookup_falls_back_to_the_next_bucket_in_its_regime() -> None:
     assert plan.decide(cuda, "gemm", 40, 32, 64, 32) == ("dequant", big.config)  # measured: dequant won
 
 
-def test_bf16_x_passes_over_the_four_token_tiles() -> None:
-    """The four-token tile of bucket 4 serves fp16 x at M = 3 and 4; bf16 x takes bucket 16's,
-    tuned or not."""
+def test_bf16_x_passes_over_the_four_token_tiles_at_four_tokens() -> None:
+    """The four-token tile of bucket 4 serves fp16 x at M = 3 and 4 and bf16 x at M = 3 (where it
+    dots three tokens); bf16 x at M = 4 takes bucket 16's, tuned or not."""
     four = TunedEntry(MatmulConfig(4, 128, 128, 4, prefetch=True), None)
     sixteen = TunedEntry(MatmulConfig(16, 128, 128, 4, 8, 1, w_first=True, prefetch=True), None)
     plan = DispatchPlan(tiles={("gemv", 4096, 4096, 128, 4): four, ("gemv", 4096, 4096, 128, 16): sixteen})
     cuda = torch.device("cuda")
     assert plan.decide(cuda, "gemv", 3, 4096, 4096, 128) == ("gemv", four.config)
-    assert plan.decide(cuda, "gemv", 3, 4096, 4096, 128, bf16=True) == ("gemv", sixteen.config)
+    assert plan.decide(cuda, "gemv", 3, 4096, 4096, 128, bf16=True) == ("gemv", four.config)
+    assert plan.decide(cuda, "gemv", 4, 4096, 4096, 128, bf16=True) == ("gemv", sixteen.config)
     assert plan.decide(cuda, "gemv", 8, 4096, 4096, 128) == ("gemv", sixteen.config)
     untimed = DispatchPlan()  # the heuristic makes the same choice
     assert untimed.decide(cuda, "gemv", 3, 4096, 4096, 128)[1].block_m == 4
-    assert untimed.decide(cuda, "gemv", 3, 4096, 4096, 128, bf16=True)[1].block_m == 16
+    assert untimed.decide(cuda, "gemv", 3, 4096, 4096, 128, bf16=True)[1].block_m == 4
+    assert untimed.decide(cuda, "gemv", 4, 4096, 4096, 128, bf16=True)[1].block_m == 16
 
 
 def test_the_one_writer_merges_tiles_and_crossover_and_refuses_what_it_would_not_read(tmp_path: Path) -> None:

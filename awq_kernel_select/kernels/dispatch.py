@@ -94,11 +94,11 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
     (GEMV layout), with 4 (GEMM) or 2 (GEMV) programs per SM. At M = 1 the GEMV layout's fp16x2
     kernel is best on 64 rows x 128 columns on 4 warps, loading the next tile early, with about 8
     programs per SM (256-row tiles ran up to 45% slower: docs/kernels.md, H100); at
-    M = 2 256 rows on 4 warps (both tokens in one program); at M = 3-4 with fp16 x 128 rows on
-    4 warps, four tokens per program (every 7B/70B shape of the H100's M = 4 sweep; ``bf16`` x
-    takes the 16-row ``tl.dot`` tile, which was faster for it). (The M = 1 tiles with
-    ``interleave_k``, a few percent faster on the H100, are in its tuned table only: this
-    heuristic is for GPUs nobody has timed.)
+    M = 2 256 rows on 4 warps (both tokens in one program); at M = 3 and 4 128 rows on 4 warps,
+    four tokens per program (every 7B/70B shape of the H100's M = 4 sweep), which at M = 3 dots
+    three; ``bf16`` x at M = 4 takes the 16-row ``tl.dot`` tile, which was faster for it. (The
+    M = 1 tiles with ``interleave_k``, a few percent faster on the H100, are in its tuned table
+    only: this heuristic is for GPUs nobody has timed.)
     """
     if gemv_layout and (m <= 3 or m == 4 and not bf16):
         block_k = min(group_size, 128)
@@ -167,9 +167,10 @@ class DispatchPlan:
     def tuned_entry(self, layout: str, m: int, n: int, k: int, g: int, bf16: bool = False) -> TunedEntry | None:
         """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not).
 
-        The sweeps time fp16 x. With ``bf16`` x the four-token FMA tiles are passed over: their
-        bf16 pair sums take ~40% more instructions per weight than fp16's, and on the H100 the
-        16-row ``tl.dot`` tile of the next bucket was 9-10% faster at M = 3 and 4 (docs/kernels.md)."""
+        The sweeps time fp16 x. With ``bf16`` x at M = 4 the four-token FMA tiles are passed over:
+        their bf16 pair sums take ~40% more instructions per weight than fp16's, and on the H100
+        the 16-row ``tl.dot`` tile of the next bucket was 9-10% faster (docs/kernels.md). At
+        M = 3 the tile dots three tokens, a sixth fewer instructions, and bf16 keeps it."""
         bucket = m_bucket(m)
         for b in M_BUCKETS[M_BUCKETS.index(bucket):]:
             if (b <= 16) != (bucket <= 16):
