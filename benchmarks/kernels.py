@@ -173,14 +173,15 @@ def distinct_at_shape(configs: list[MatmulConfig], layout: str, g: int, m: int, 
 
 def _one_step_configs(m: int, k: int) -> list[MatmulConfig]:
     """GEMV layout, one to four tokens, K of at most 2048 (small models: SmolLM2's 576 and 1536):
-    tiles whose BLOCK_K covers K in one or two steps, on 16-64 rows, so that a program issues all
-    its loads at once instead of waiting on a split-K reduction (spanning groups is allowed)."""
+    tiles whose BLOCK_K covers K in one to four steps, on 16-64 rows, so that a program issues
+    its loads at once instead of waiting on a long K loop, split in up to four where the columns
+    alone make too few programs (spanning groups is allowed)."""
     if m > 4 or k > 2048:
         return []
     return [MatmulConfig(pair_block_m(m), bn, bk, split, 4, 3, prefetch=prefetch)
-            for bk in (512, 1024, 2048) if k / 2 < bk < 2 * k
+            for bk in (256, 512, 1024, 2048) if k / 4 < bk < 2 * k
             for bn in (16, 32, 64) if bn * bk // 8 <= 4096
-            for prefetch in (False, True) for split in (1, 2)]
+            for prefetch in (False, True) for split in (1, 2, 4)]
 
 
 def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
