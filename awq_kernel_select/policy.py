@@ -171,14 +171,16 @@ DEFAULT_ROWS: tuple[KernelSpec, ...] = (
         layout="gemv",
         devices=("cuda",),
         min_capability=_TRITON_MIN,
-        tokens=(1, 2),  # docs/kernels.md (H100): the GEMV layout leads at M = 1-2, the layouts are level from 4
+        # docs/kernels.md (H100): the GEMV layout leads at M = 1-3 in fp16 and bf16 (and at 4 in
+        # fp16 only), the GEMM layout from M = 8
+        tokens=(1, 3),
         follows_crossover=True,
         requires=("triton_gpu",),
         priority=100,
         provider="awq_kernel_select",
         tested_on=(CC(9, 0),),
         source="this library (Triton); Triton README: sm80+; timed in docs/kernels.md",
-        notes="split-K FMA GEMV on AutoAWQ's GEMV layout (M <= 2), fp16x2-decoded tl.dot above",
+        notes="split-K FMA GEMV on AutoAWQ's GEMV layout (M <= 4), fp16x2-decoded tl.dot above",
     ),
     KernelSpec(
         name="aks_gemm",

@@ -104,6 +104,7 @@ def test_h100_today_says_why_awq_ext_was_rejected() -> None:
 def test_batch_size_picks_the_regime() -> None:
     assert select_kernel((9, 0), 1, probes=FULL_STACK).name == "aks_gemv"
     assert select_kernel((9, 0), 2, probes=FULL_STACK).name == "aks_gemv"  # measured: docs/kernels.md
+    assert select_kernel((9, 0), 3, probes=FULL_STACK).name == "aks_gemv"  # three tokens: fp16 and bf16
     assert select_kernel((9, 0), 4, probes=FULL_STACK).name == "aks_gemm"
     assert select_kernel((7, 5), 2, probes=FULL_STACK).name == "autoawq_gemm"  # GEMV: batch 1 only
 
