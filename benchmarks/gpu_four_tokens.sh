@@ -34,8 +34,8 @@ step sweep 280 python3 -m benchmarks.kernels --sweep --layouts gemv --sweep-ms 4
 cp -f "${AWQ_KERNEL_SELECT_CACHE:-$HOME/.cache/awq_kernel_select/measured.json}" \
   "$out/measured.json" 2>/dev/null
 grep -s '^{"K"' "$out/sweep.log" | cut -c1-240
+[[ $steps == *" after "* ]] && steps="$steps after-fp16 after-bf16 "  # "after" names both
 for dtype in fp16 bf16; do
-  [[ $steps == *" after "* ]] && steps="$steps after-$dtype "
   step "after-$dtype" 130 python3 -m benchmarks.kernels --dtype "$dtype" --ms 1 2 3 4 8 "${two[@]}" \
     --only fp16 ours_gemv_layout ours_gemm_layout tinygemm gemlite autoawq --out "$out/after-$dtype"
 done

@@ -489,7 +489,8 @@ def awq_gemv_layout_kernel(
     # X_PAIRS (the launcher's choice; BLOCK_M 1, 2 or 4, fp16 or bf16 x, 8-byte aligned words and x):
     # words and x read as int64, pair arithmetic. One fp16 token: dot16_f16x2; else the words
     # decoded once (decode16_pairs) and dotted with each token (dot16_pairs). TOKENS: how many of
-    # a pair tile's BLOCK_M tokens are dotted; 3 where M is 3 (a fourth would only be masked off).
+    # a pair tile's BLOCK_M tokens are dotted, min(M, BLOCK_M): a token past M would only be
+    # masked off at the store.
     X_F16: tl.constexpr = X_PAIRS and BLOCK_M == 1 and x_ptr.dtype.element_ty == tl.float16
     X_BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
     WORDS_FIRST: tl.constexpr = FMA and PREFETCH  # the first tile's words are read before waiting
@@ -517,9 +518,9 @@ def awq_gemv_layout_kernel(
     if FMA:  # per token m, row n and packed column j: sum over the 8 nibbles, then the group
         if X_PAIRS:  # one [BLOCK_N, BLOCK_K / 16] accumulator per token: a column per pair of words
             acc2 = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
-            if BLOCK_M >= 2:
+            if TOKENS >= 2:
                 acc2b = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
-            if BLOCK_M == 4:
+            if TOKENS >= 3:
                 acc2c = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
             if TOKENS == 4:
                 acc2d = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
@@ -558,10 +559,10 @@ def awq_gemv_layout_kernel(
                 xa = x_ptr + pid_m * BLOCK_M * stride_xm
                 e0, e1, e2, e3, o0, o1, o2, o3 = _token_x_pairs(xa, offs_pj, K, EVEN_K, USE_PTX)
                 # past M, token a again (valid memory; its row is not stored)
-                if BLOCK_M >= 2:
+                if TOKENS >= 2:
                     xb = xa + tl.where(pid_m * BLOCK_M + 1 < M, stride_xm, 0)
                     f0, f1, f2, f3, g0, g1, g2, g3 = _token_x_pairs(xb, offs_pj, K, EVEN_K, USE_PTX)
-                if BLOCK_M == 4:
+                if TOKENS >= 3:
                     xc = xa + tl.where(pid_m * BLOCK_M + 2 < M, 2 * stride_xm, 0)
                     h0, h1, h2, h3, i0, i1, i2, i3 = _token_x_pairs(xc, offs_pj, K, EVEN_K, USE_PTX)
                 if TOKENS == 4:
@@ -579,10 +580,10 @@ def awq_gemv_layout_kernel(
                 p0, p1, p2, p3, p4, p5, p6, p7 = decode16_pairs(q, low, high, X_BF16, USE_PTX)
                 acc2 += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, e0, e1, e2, e3, o0, o1, o2, o3,
                                             X_BF16, USE_PTX)
-                if BLOCK_M >= 2:
+                if TOKENS >= 2:
                     acc2b += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, f0, f1, f2, f3, g0, g1, g2, g3,
                                                  X_BF16, USE_PTX)
-                if BLOCK_M == 4:
+                if TOKENS >= 3:
                     acc2c += scale * dot16_pairs(p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, i0, i1, i2, i3,
                                                  X_BF16, USE_PTX)
                 if TOKENS == 4:
@@ -639,15 +640,21 @@ def awq_gemv_layout_kernel(
                 acc_t = tl.dot(w, x_t, acc_t)
             else:
                 acc = tl.dot(tl.trans(x_t), tl.trans(w), acc)
-    if X_PAIRS and BLOCK_M == 4:  # [4, BLOCK_N]: tokens a, b, c, d (join's new axis is the last)
-        ac = tl.join(tl.sum(acc2, axis=1), tl.sum(acc2c, axis=1))
-        if TOKENS == 4:
-            bd = tl.join(tl.sum(acc2b, axis=1), tl.sum(acc2d, axis=1))
-        else:  # three tokens: the fourth row is masked off at the store; c's sums stand in
-            bd = tl.join(tl.sum(acc2b, axis=1), tl.sum(acc2c, axis=1))
-        acc = tl.trans(tl.reshape(tl.join(ac, bd), (BLOCK_N, 4)))  # [n, i, j] holds token 2i + j
-    elif X_PAIRS and BLOCK_M == 2:  # [2, BLOCK_N]: token a, token b
-        acc = tl.trans(tl.join(tl.sum(acc2, axis=1), tl.sum(acc2b, axis=1)))
+    if X_PAIRS and BLOCK_M >= 2:  # rows past TOKENS lie past M (masked at the store): a's sums stand in
+        sum_a = tl.sum(acc2, axis=1)
+        sum_b = sum_a
+        if TOKENS >= 2:
+            sum_b = tl.sum(acc2b, axis=1)
+        if BLOCK_M == 4:  # [4, BLOCK_N]: tokens a, b, c, d (join's new axis is the last)
+            sum_c = sum_a
+            if TOKENS >= 3:
+                sum_c = tl.sum(acc2c, axis=1)
+            sum_d = sum_a
+            if TOKENS == 4:
+                sum_d = tl.sum(acc2d, axis=1)
+            acc = tl.trans(tl.reshape(tl.join(tl.join(sum_a, sum_c), tl.join(sum_b, sum_d)), (BLOCK_N, 4)))
+        else:  # [2, BLOCK_N]: token a, token b
+            acc = tl.trans(tl.join(sum_a, sum_b))
     elif X_PAIRS:
         acc = tl.sum(acc2, axis=1)[None, :]
     elif FMA and BLOCK_M == 1:
@@ -788,7 +795,7 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     meta["EMULATE"] = emulate
     if gemv_layout:
         meta["X_PAIRS"] = pairs
-        meta["TOKENS"] = 3 if pairs and cfg.block_m == 4 and M == 3 else cfg.block_m
+        meta["TOKENS"] = min(M, cfg.block_m) if pairs else cfg.block_m
     kernel = awq_gemv_layout_kernel if gemv_layout else awq_gemm_layout_kernel
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
