@@ -29,8 +29,9 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
 
-from awq_kernel_select.kernels import matmul
+from awq_kernel_select.kernels import hopper, matmul
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 SIGNATURE = {
@@ -62,11 +63,16 @@ def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool,
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    return _longest_loop(compiled.asm["cubin"])
+
+
+def _longest_loop(cubin: bytes) -> tuple[int, collections.Counter[str]]:
+    """Registers per thread and the opcode counts of the longest loop of a compiled kernel."""
     with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        sass = subprocess.run([str(BIN / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
-        usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([str(BIN / "nvdisasm"), "-c", str(path)], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", str(path)], capture_output=True, text=True,
                                check=True).stdout
     lines = sass.splitlines()
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", line))}
@@ -77,8 +83,28 @@ def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool,
             body = lines[labels[m.group(1)]:i + 1]
     ops = collections.Counter(m.group(2) for line in body
                               if (m := re.match(r"\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?([A-Z0-9_]+)", line)))
+    # how many wgmma groups a wait leaves in flight: "WARPGROUP.DEPBAR.LE gsb0, 0x1" -> wgmma_wait_1
+    ops.update(f"wgmma_wait_{int(m.group(1), 16)}" for line in body
+               if (m := re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", line)))
     registers = re.search(r"REG:(\d+)", usage)
     return int(registers.group(1)) if registers else -1, ops
+
+
+def hopper_loop_counts(cfg: hopper.HopperConfig, dtype: str = "fp16") -> tuple[int, collections.Counter[str]]:
+    """``loop_counts`` for the Gluon wgmma tile (``kernels/hopper.py``), with split-K."""
+    consts = dict(GROUP_SIZE=128, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, AHEAD=cfg.ahead,
+                  USE_SPLIT_K=cfg.split_k > 1, HAS_BIAS=False)
+    signature = dict(x_ptr=f"*{dtype}", qweight_ptr="*i32", qzeros_ptr="*i32", scales_ptr="*fp16",
+                     bias_ptr=f"*{dtype}", out_ptr=f"*{dtype}", workspace_ptr="*fp32", tickets_ptr="*i32", M="i32", N="i32", K="i32",
+                     k_iters_per_split="i32", split_k="i32", stride_xm="i32", stride_qweight="i32",
+                     stride_qzeros="i32", stride_scales="i32", stride_om="i32",
+                     **{name: "constexpr" for name in consts})
+    aligned = (0, 1, 2, 3, 4, 5, 6, 7, 10, 12, 13, 14, 15, 16, 17)  # pointers, K and strides
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    compiled = triton.compile(GluonASTSource(fn=hopper.awq_hopper_kernel, signature=signature, constexprs=consts,
+                                             attrs=attrs),
+                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg.num_warps))
+    return _longest_loop(compiled.asm["cubin"])
 
 
 #: (layout, tile[, tokens dotted]): the tiles counted
@@ -104,6 +130,11 @@ TILES: list[tuple[str, matmul.MatmulConfig] | tuple[str, matmul.MatmulConfig, in
 ]
 
 
+#: the Gluon wgmma tiles counted (``kernels/hopper.py``)
+HOPPER_TILES = [hopper.HopperConfig(64, 128, 64, 2, 4), hopper.HopperConfig(128, 128, 64, 2, 8),
+                hopper.HopperConfig(64, 128, 64, 2, 4, 2)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-ptx", action="store_true", help="the plain-Triton arithmetic instead of the PTX helpers")
@@ -116,10 +147,16 @@ def main() -> None:
         tokens = dotted[0] if dotted else None
         registers, ops = loop_counts(layout, cfg, not args.no_ptx, args.dtype, tokens)
         weights = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)  # per thread and iteration (all tokens)
-        total = sum(ops.values())
+        total = sum(n for op, n in ops.items() if op.isupper())
         top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))
         tile = f"{cfg} ({tokens} tokens)" if tokens else str(cfg)
         print(f"| {layout} | {tile} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)
+    for hcfg in HOPPER_TILES:  # per weight: all of the tile's tokens
+        registers, ops = hopper_loop_counts(hcfg, args.dtype)
+        weights = hcfg.block_n * hcfg.block_k / (32 * hcfg.num_warps)
+        total = sum(n for op, n in ops.items() if op.isupper())
+        top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))
+        print(f"| gemv (wgmma) | {hcfg} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import triton
 
+from awq_kernel_select.kernels.hopper import HopperConfig
 from awq_kernel_select.kernels.matmul import MatmulConfig
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -40,6 +41,7 @@ BUDGETS = [
 
 _COUNT = """
 import dataclasses, json, sys
+from awq_kernel_select.kernels.hopper import HopperConfig
 from awq_kernel_select.kernels.matmul import MatmulConfig
 from benchmarks.sass_per_weight import loop_counts
 for raw in json.loads(sys.argv[1]):
@@ -69,4 +71,42 @@ def test_pair_paths_stay_within_their_instruction_budget(counts: list[dict[str, 
     per_weight = sum(ops.values()) / (cfg.block_n * cfg.block_k / (32 * cfg.num_warps))
     top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
     assert per_weight <= budget, f"{per_weight:.2f} instructions per weight ({counts[index]['registers']} registers): {top}"
+    assert "LDL" not in ops and "STL" not in ops, "registers spilled to local memory in the K loop"
+
+
+_COUNT_HOPPER = """
+import json, sys
+from awq_kernel_select.kernels.hopper import HopperConfig
+from benchmarks.sass_per_weight import hopper_loop_counts
+for raw in json.loads(sys.argv[1]):
+    registers, ops = hopper_loop_counts(HopperConfig(**raw["cfg"]), raw["dtype"])
+    print(json.dumps({"registers": registers, "ops": dict(ops)}))
+"""
+#: the Gluon wgmma tile (kernels/hopper.py), fp16 and bf16; 4.2-4.3 instructions per weight
+HOPPER = [(HopperConfig(64, 128, 64, 2, 4, 2), "fp16"), (HopperConfig(64, 128, 64, 2, 4, 2), "bf16")]
+
+
+@pytest.fixture(scope="module")
+def hopper_counts() -> list[dict[str, Any]]:
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    tiles = json.dumps([{"cfg": dataclasses.asdict(cfg), "dtype": dtype} for cfg, dtype in HOPPER])
+    done = subprocess.run([sys.executable, "-c", _COUNT_HOPPER, tiles], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("index", range(len(HOPPER)), ids=[f"{c}-{d}" for c, d in HOPPER])
+def test_the_wgmma_tile_overlaps_its_mma_with_the_next_decode(hopper_counts: list[dict[str, Any]],
+                                                              index: int) -> None:
+    """The K loop copies x and the words with cp.async (no register round trip), issues one
+    wgmma per 16 of K and waits only for the one before (``WARPGROUP.DEPBAR.LE gsb0, 1``: the
+    MMA runs on while the next step decodes), and decodes in ~4 instructions per weight."""
+    cfg, _ = HOPPER[index]
+    ops: dict[str, int] = hopper_counts[index]["ops"]
+    assert ops.get("HGMMA") == cfg.block_k // 16, ops
+    assert ops.get("LDGSTS", 0) >= 2 and ops.get("wgmma_wait_1") == 1 and "wgmma_wait_0" not in ops, ops
+    assert ops.get("LDG", 0) <= 2, f"only a zero and a scale per row are loaded to registers: {ops}"
+    per_weight = sum(n for op, n in ops.items() if op.isupper()) / (cfg.block_n * cfg.block_k / (32 * cfg.num_warps))
+    assert per_weight <= 4.6, f"{per_weight:.2f} instructions per weight: {sorted(ops.items(), key=lambda kv: -kv[1])[:8]}"
     assert "LDL" not in ops and "STL" not in ops, "registers spilled to local memory in the K loop"

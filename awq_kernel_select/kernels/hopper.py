@@ -1,0 +1,271 @@
+"""A Hopper tensor-core tile for many tokens (batched decode, prefill), written in Gluon.
+
+``out = x @ W^T`` from the GEMV layout's words (``qweight [N, K/8]``), for M >= 16 on sm_90.
+The ``tl.dot`` tiles of ``matmul.py`` run each K step as one serial chain (load, decode, store
+to shared memory, fence, barrier, wgmma, wait), and nothing overlaps the MMA of one step with
+the decode of the next. Gluon lets the kernel say what Triton's pipeliner does not:
+
+* x and the packed words go to shared memory by ``cp.async``, ``AHEAD`` steps in advance, in a
+  ring of ``STAGES`` buffers;
+* each step decodes its words from shared memory in registers (``_dequant8``: four PRMT/LOP3/
+  HFMA2/HMUL2 chains per word, ``(q - z) * s`` rounded once as AutoAWQ does) and stores the
+  fp16 tile to one of two shared buffers;
+* the wgmma (x from shared memory as A, the decoded ``W^T`` as B) is issued asynchronously and
+  waited for one step later, so the tensor cores work while the next step decodes.
+
+Shared buffers are reused only once every warp group has waited for the wgmma that read them:
+a barrier at the top of each step follows every warp group's ``warpgroup_mma_wait(1)``.
+Gluon kernels do not run under ``TRITON_INTERPRET``; on the CPU the tests compile this one for
+sm_90 and check its instructions, and on a GPU against a float64 reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.experimental import gluon
+
+from .matmul import MatmulConfig, _workspace
+from .scratch import current_stream
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+# Names that changed after Triton 3.6 (the GPU stack): cp.async into shared memory, the CTA barrier
+_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+
+
+@dataclass(frozen=True)
+class HopperConfig:
+    """One tile of ``awq_hopper_kernel``: ``block_m`` tokens (64 or 128, wgmma's M) by ``block_n``
+    output columns (wgmma's N, <= 256) by ``block_k`` (divides the group size); ``ahead`` steps
+    in flight, ``ahead + 2`` buffers; ``split_k`` programs share each output tile's K (their
+    partial sums meet in ``matmul``'s fp32 workspace, the last one writes the output)."""
+
+    block_m: int = 64
+    block_n: int = 128
+    block_k: int = 64
+    ahead: int = 2
+    num_warps: int = 4
+    split_k: int = 1
+
+    def __str__(self) -> str:
+        return (f"HM{self.block_m}/BN{self.block_n}/BK{self.block_k}/A{self.ahead}/w{self.num_warps}"
+                f"/S{self.split_k}")
+
+    def as_matmul(self) -> MatmulConfig:
+        """The same tile in the measured tables' form (``num_stages`` = buffers = ``ahead + 2``),
+        stored with ``path: "wgmma"``."""
+        return MatmulConfig(self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.ahead + 2)
+
+    @staticmethod
+    def from_matmul(cfg: MatmulConfig) -> HopperConfig:
+        if cfg.prefetch or cfg.w_first or cfg.interleave_k or cfg.num_stages < 3:
+            raise ValueError(f"{cfg} is no wgmma tile: it has prefetch, w_first or interleave_k, or fewer "
+                             "than 3 buffers")
+        return HopperConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_stages - 2, cfg.num_warps, cfg.split_k)
+
+    def check(self, group_size: int) -> None:
+        if self.block_m not in (64, 128) or self.block_m < 16 * self.num_warps:
+            raise ValueError(f"{self}: block_m must be 64 or 128 and hold 16 rows per warp")
+        if self.block_n % 16 or not 16 <= self.block_n <= 256:
+            raise ValueError(f"{self}: block_n must be a multiple of 16 up to 256")
+        if self.block_k not in (32, 64) or group_size % self.block_k:
+            raise ValueError(f"{self}: block_k must be 32 or 64 and divide the group size {group_size}")
+
+
+# One packed word to its 8 weights ``(q - z) * s`` in K order, as four 16-bit pairs: with ``t``
+# the word shifted right by 4, a PRMT puts byte b of the word in the low half and byte b of ``t``
+# in the high half, so one LOP3 leaves nibbles 2b and 2b + 1 in the mantissas of 0x6400 (fp16
+# ``1024 + q``) or 0x4300 (bf16 ``128 + q``); subtracting ``$9`` = the same of the zero gives the
+# exact ``q - z``, one multiply by ``$10`` = (s, s) rounds once, as AutoAWQ's ``(q - z) * s``.
+# 17 instructions per word; bf16x2 subtract and multiply need sm_90, which this kernel does.
+_PAIR = """
+prmt.b32 v, $8, t, {sel};
+lop3.b32 v, v, m, e, 0xEA;
+sub.{ty} v, v, $9;
+mul.{ty} v, v, $10;
+mov.b32 {{{lo}, {hi}}}, v;
+"""
+
+
+def _dequant8_ptx(bf16: bool) -> str:
+    ty = "rn.bf16x2" if bf16 else "rn.f16x2"
+    pairs = "".join(_PAIR.format(sel=f"0x{4 + b:x}{4 + b:x}{b:x}{b:x}", ty=ty, lo=f"${2 * b}", hi=f"${2 * b + 1}")
+                    for b in range(4))
+    return ("{\n.reg .b32 v, t, m, e;\nshr.u32 t, $8, 4;\nmov.b32 m, 0x000F000F;\n"
+            f"mov.b32 e, {'0x43004300' if bf16 else '0x64006400'};\n{pairs}}}")
+
+
+_DEQUANT8_F16: gl.constexpr = gl.constexpr(_dequant8_ptx(False))
+_DEQUANT8_BF16: gl.constexpr = gl.constexpr(_dequant8_ptx(True))
+
+
+@gluon.jit
+def _dequant8(words, zz, ss, BF16: gl.constexpr):
+    if BF16:
+        return gl.inline_asm_elementwise(_DEQUANT8_BF16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [words, zz, ss],
+                                         dtype=(gl.bfloat16, ) * 8, is_pure=True, pack=1)
+    else:
+        return gl.inline_asm_elementwise(_DEQUANT8_F16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [words, zz, ss],
+                                         dtype=(gl.float16, ) * 8, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _decode_tile(words, zz, ss, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BF16: gl.constexpr):
+    """``W [BLOCK_N, BLOCK_K]`` (fp16, or bf16) in K order from ``words [BLOCK_N, BLOCK_K / 8]``;
+    ``zz`` and ``ss`` (``[BLOCK_N, 1]``): each row's zero and scale, both halves, as 16-bit pairs."""
+    o0, o1, o2, o3, o4, o5, o6, o7 = _dequant8(words, zz, ss, BF16)
+    # join puts its new axis last: element [n, j, a, b, c] below is o_{4a + 2b + c}, i.e. K 8j + 4a + 2b + c
+    w = gl.join(gl.join(gl.join(o0, o4), gl.join(o2, o6)), gl.join(gl.join(o1, o5), gl.join(o3, o7)))
+    return gl.reshape(w, (BLOCK_N, BLOCK_K))
+
+
+@gluon.jit
+def _issue(x_ring, w_ring, x_ptrs, x_mask, w_ptrs, w_mask, i, n_iters, STAGES: gl.constexpr, BLOCK_K: gl.constexpr):
+    """Start copying step ``i``'s x tile and words into buffer ``i % STAGES`` (nothing past the last step)."""
+    stage = i % STAGES
+    live = i < n_iters
+    _async_load(x_ring.index(stage), x_ptrs + i * BLOCK_K, mask=x_mask & live)
+    _async_load(w_ring.index(stage), w_ptrs + i * (BLOCK_K // 8), mask=w_mask & live)
+    async_copy.commit_group()
+
+
+@gluon.constexpr_function
+def _copy_layout(rows, cols, vec, num_warps):
+    """Rows of ``cols`` elements, ``vec`` contiguous per thread, over ``num_warps`` warps."""
+    along = max(1, min(32, cols // vec))
+    return gl.BlockedLayout([1, vec], [32 // along, along], [num_warps, 1], [1, 0])
+
+
+@gluon.jit
+def awq_hopper_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_ptr, workspace_ptr, tickets_ptr,
+                      M, N, K, k_iters_per_split, split_k,
+                      stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
+                      GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      BLOCK_K: gl.constexpr, AHEAD: gl.constexpr, USE_SPLIT_K: gl.constexpr,
+                      HAS_BIAS: gl.constexpr):
+    NUM_WARPS: gl.constexpr = gl.num_warps()
+    DTYPE: gl.constexpr = x_ptr.dtype.element_ty
+    BF16: gl.constexpr = DTYPE == gl.bfloat16
+    STAGES: gl.constexpr = AHEAD + 2
+    pid_n = gl.program_id(0)
+    pid_m = gl.program_id(1)
+    pid_k = gl.program_id(2)
+
+    # global -> shared: 16 bytes per thread and copy
+    x_layout: gl.constexpr = _copy_layout(BLOCK_M, BLOCK_K, 8, NUM_WARPS)
+    q_layout: gl.constexpr = _copy_layout(BLOCK_N, BLOCK_K // 8, 4, NUM_WARPS)
+    rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout))
+    cols = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, x_layout))
+    first = pid_k * k_iters_per_split  # this split's K steps: first, first + 1, ... (n_iters of them)
+    n_iters = gl.minimum(K // BLOCK_K - first, k_iters_per_split)
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + first * BLOCK_K + cols[None, :]
+    x_mask = (rows[:, None] < M) & (cols[None, :] < BLOCK_K)
+    q_rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, q_layout))
+    q_cols = gl.arange(0, BLOCK_K // 8, layout=gl.SliceLayout(0, q_layout))
+    q_ptrs = qweight_ptr + q_rows[:, None] * stride_qweight + first * (BLOCK_K // 8) + q_cols[None, :]
+    q_mask = (q_rows[:, None] < N) & (q_cols[None, :] < BLOCK_K // 8)
+
+    x_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], DTYPE)
+    w_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], DTYPE)
+    q_smem_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    x_ring = gl.allocate_shared_memory(DTYPE, [STAGES, BLOCK_M, BLOCK_K], x_smem_layout)
+    q_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K // 8], q_smem_layout)
+    w_bufs = gl.allocate_shared_memory(DTYPE, [2, BLOCK_N, BLOCK_K], w_smem_layout)
+
+    # decode: each thread takes whole rows of words (its zero and scale once per row)
+    d_layout: gl.constexpr = _copy_layout(BLOCK_N, BLOCK_K // 8, BLOCK_N * BLOCK_K // 8 // (32 * NUM_WARPS),
+                                          NUM_WARPS)
+    d_rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, d_layout))
+    d_live = d_rows < N
+
+    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                         instr_shape=[16, BLOCK_N, 16])
+    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=mma_layout)
+
+    for i in gl.static_range(AHEAD):
+        _issue(x_ring, q_ring, x_ptrs, x_mask, q_ptrs, q_mask, i, n_iters, STAGES, BLOCK_K)
+    for i in range(n_iters):
+        group = (first + i) * BLOCK_K // GROUP_SIZE
+        zw = gl.load(qzeros_ptr + d_rows * stride_qzeros + group // 8, mask=d_live, other=0)
+        s = gl.load(scales_ptr + d_rows * stride_scales + group, mask=d_live, other=0.0)
+        async_copy.wait_group(AHEAD - 1)  # this thread's copies of step i have landed
+        _barrier()  # and everyone's; every warp group is past the wgmma of step i - 2
+        _issue(x_ring, q_ring, x_ptrs, x_mask, q_ptrs, q_mask, i + AHEAD, n_iters, STAGES, BLOCK_K)
+
+        z = (zw >> ((group % 8) * 4)) & 0xF
+        if BF16:  # bits of 128 + z and of bf16(s), in both halves
+            zz = (0x4300 | z) * 0x10001
+            ss = (s.to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
+        else:  # of 1024 + z and of s
+            zz = (0x6400 | z) * 0x10001
+            ss = (s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
+        words = q_ring.index(i % STAGES).load(d_layout)
+        w = _decode_tile(words, zz[:, None], ss[:, None], BLOCK_N, BLOCK_K, BF16)
+        w_buf = w_bufs.index(i % 2)
+        w_buf.store(w)
+        fence_async_shared()
+        _barrier()
+        acc = warpgroup_mma(x_ring.index(i % STAGES), w_buf.permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+
+    o_rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma_layout))
+    o_cols = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
+    o_mask = (o_rows[:, None] < M) & (o_cols[None, :] < N)
+    if USE_SPLIT_K:
+        partial_ptrs = workspace_ptr + o_rows[:, None] * N + o_cols[None, :]
+        gl.atomic_add(partial_ptrs, acc, mask=o_mask, sem="relaxed")  # ordered by the ticket
+        _barrier()  # every thread's partial sum is in before the ticket is taken
+        ticket_ptr = tickets_ptr + pid_m * gl.num_programs(0) + pid_n
+        if gl.atomic_add(ticket_ptr, 1) == split_k - 1:  # the last split: read the sums, leave zeros
+            zero = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=mma_layout)
+            total = gl.atomic_add(partial_ptrs, zero, mask=o_mask)  # a coherent read
+            gl.store(partial_ptrs, zero, mask=o_mask)
+            gl.atomic_xchg(ticket_ptr, 0)
+            _store_output(total, o_rows, o_cols, o_mask, out_ptr, bias_ptr, stride_om, N, HAS_BIAS)
+    else:
+        _store_output(acc, o_rows, o_cols, o_mask, out_ptr, bias_ptr, stride_om, N, HAS_BIAS)
+
+
+@gluon.jit
+def _store_output(total, rows, cols, mask, out_ptr, bias_ptr, stride_om, N, HAS_BIAS: gl.constexpr):
+    """Write the finished sums (bias added) at ``out [rows, cols]``, in the output's dtype."""
+    if HAS_BIAS:
+        total += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)[None, :]
+    gl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                      group_size: int, cfg: HopperConfig = HopperConfig(),
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [M, K] @ W^T + bias`` for x in fp16 or bf16 and the GEMV layout's int4 ``W [N, K]``:
+    ``[M, N]`` in x's dtype."""
+    M, K = x.shape
+    N = qweight.shape[0]
+    cfg.check(group_size)
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"awq_hopper_matmul takes fp16 or bf16 x, not {x.dtype}")
+    if not x.is_cuda:
+        raise ValueError(f"the wgmma tile runs on an sm_90 GPU (H100, H200); x is on {x.device}")
+    if K % cfg.block_k:
+        raise ValueError(f"K = {K} is not a multiple of block_k = {cfg.block_k}")
+    x = x.contiguous()
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    steps = K // cfg.block_k
+    k_iters = -(-steps // cfg.split_k)
+    split_k = -(-steps // k_iters)  # no empty splits
+    grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, cfg.block_m), split_k)
+    if split_k > 1:
+        workspace, tickets = _workspace(x.device, current_stream(x.device), max(M, 16), N, grid[0] * grid[1])
+    else:
+        workspace, tickets = out, out  # unused
+    awq_hopper_kernel[grid](x, qweight, qzeros, scales, out if bias is None else bias, out, workspace, tickets,
+                            M, N, K, k_iters, split_k, x.stride(0), qweight.stride(0), qzeros.stride(0),
+                            scales.stride(0), out.stride(0), group_size, cfg.block_m, cfg.block_n, cfg.block_k,
+                            cfg.ahead, split_k > 1, bias is not None, num_warps=cfg.num_warps)
+    return out
