@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from .kernels.dispatch import CPU_PLAN, DispatchPlan, TableKey, TunedEntry, m_bucket, set_default_planner
+from .kernels.hopper import HopperConfig
 from .kernels.matmul import MatmulConfig
 from .probes import Target
 
@@ -155,10 +156,15 @@ def _tile(raw: Any) -> tuple[TableKey, TunedEntry]:
     if m_bucket(int(m)) != m:  # type: ignore[arg-type]
         raise ValueError(f"tile M={m} is not one of the M buckets")
     config = MatmulConfig(**raw["config"])
-    config.check(layout == "gemv", int(g))  # type: ignore[arg-type]
     path = raw.get("path")
-    if path not in (None, "gemm", "dequant", "gemv"):
-        raise ValueError(f"tile path={path!r}: one of gemm, dequant")
+    if path not in (None, "gemm", "dequant", "gemv", "wgmma"):
+        raise ValueError(f"tile path={path!r}: one of gemm, dequant, wgmma")
+    if path == "wgmma":  # the Gluon tile (kernels/hopper.py), GEMV layout only
+        if layout != "gemv":
+            raise ValueError("a wgmma tile reads the GEMV layout: layout must be gemv")
+        HopperConfig.from_matmul(config).check(int(g))  # type: ignore[arg-type]
+    else:
+        config.check(layout == "gemv", int(g))  # type: ignore[arg-type]
     return (str(layout), int(k), int(n), int(g), int(m)), TunedEntry(config, path)  # type: ignore[arg-type]
 
 
@@ -305,7 +311,8 @@ def dispatch_plan(facts: GpuFacts | None, name: str, capability: tuple[int, int]
     else:
         note = facts.describe_tiles()
     return DispatchPlan(tiles=dict(facts.tiles) if facts is not None else {}, multiprocessors=sms or 4,
-                        pdl_capable=capability[0] >= 9, gpu=name, tiles_note=note,
+                        pdl_capable=capability[0] >= 9, wgmma_capable=tuple(capability) == (9, 0), gpu=name,
+                        tiles_note=note,
                         crossover_tokens=facts.crossover.crossover_tokens if facts and facts.crossover else None)
 
 

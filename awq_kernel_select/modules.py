@@ -47,7 +47,7 @@ class AWQLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.training = training
-        self.path: KernelPath | str = "auto"  # or a forced path: "gemv", "gemm", "dequant", "torch"
+        self.path: KernelPath | str = "auto"  # or a forced path: "gemv", "gemm", "dequant", "wgmma", "torch"
         #: the GPU's dispatch plan (``Selection.plan``; ``load_quantized`` sets it); None: the plan
         #: built for the input's device at the first call of each shape
         self.dispatch: DispatchPlan | None = None

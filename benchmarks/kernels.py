@@ -37,6 +37,7 @@ from awq_kernel_select import layouts as L
 from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph
 from awq_kernel_select.kernels import awq_linear
 from awq_kernel_select.kernels.dispatch import default_plan
+from awq_kernel_select.kernels.hopper import HopperConfig
 from awq_kernel_select.kernels.matmul import MatmulConfig, _geometry, pair_block_m
 from benchmarks import peers
 from benchmarks.report_kernels import write_report
@@ -77,11 +78,12 @@ CONTENDERS: dict[str, Callable[..., Any]] = {
     "ours_gemm_layout:gemv": peers.ours("gemm", "gemv"),
     "ours_gemm_layout:gemm": peers.ours("gemm", "gemm"),
     "ours_gemm_layout:dequant": peers.ours("gemm", "dequant"),
+    "ours_gemv_layout:wgmma": peers.ours("gemv", "wgmma"),
     "tinygemm": peers.tinygemm,
     "gemlite": peers.gemlite,
     "autoawq": peers.autoawq,
 }
-FORCED_RANGE = {"gemv": (1, 64), "gemm": (2, 4096), "dequant": (16, 4096)}
+FORCED_RANGE = {"gemv": (1, 64), "gemm": (2, 4096), "dequant": (16, 4096), "wgmma": (16, 4096)}
 
 
 def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -241,6 +243,18 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
     return configs
 
 
+def wgmma_sweep_configs(m: int, g: int) -> list[MatmulConfig]:
+    """The Gluon wgmma tiles (``kernels/hopper.py``, GEMV layout, sm_90) tried for M > 16, in the
+    tables' form (``path: "wgmma"``): 64 tokens on 4 warps, and from M = 128 also 128 on 8; 64-256
+    output columns; 2 or 3 steps in flight; split-K where the output tiles are few."""
+    if g % 64:
+        return []
+    shapes = [(64, 4)] + ([(128, 8)] if m >= 128 else [])
+    return [HopperConfig(bm, bn, 64, ahead, warps, split).as_matmul()
+            for bm, warps in shapes for bn in (64, 128, 256) for ahead in (2, 3)
+            for split in ((1, 2, 4, 8) if m <= 256 else (1,))]
+
+
 def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Time every configuration; save the best per (layout, K, N, G, M) as measured tiles."""
     from awq_kernel_select.detect import cuda_device
@@ -273,6 +287,18 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                     timings[str(cfg)] = t
                     if best is None or t < best[0]:
                         best = (t, cfg)
+                best_wgmma: tuple[float, MatmulConfig] | None = None
+                for cfg in (wgmma_sweep_configs(m, args.group) if layout == "gemv" and m > 16 and plan.wgmma_capable
+                            else []):
+                    try:
+                        t = time_graph([lambda p=p, c=cfg: awq_linear(x, p, None, config=c, path="wgmma")
+                                        for p in packed], reps=10, warmup=2).median_us
+                    except Exception as exc:
+                        print(f"  wgmma {cfg}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                        continue
+                    timings[f"wgmma {cfg}"] = t
+                    if best_wgmma is None or t < best_wgmma[0]:
+                        best_wgmma = (t, cfg)
                 if m > 16:  # the alternative for large M: dequantize + cuBLAS
                     timings["dequant"] = time_graph([lambda p=p: awq_linear(x, p, None, path="dequant")
                                                      for p in packed], reps=10, warmup=2).median_us
@@ -282,11 +308,18 @@ def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                         "best_us": best[0] if best else None, "top": top}
                 results.append(line)
                 print(json.dumps(line), flush=True)
-                if best is not None:
+                if best_wgmma is not None and (best is None or best_wgmma[0] < best[0]):
+                    entry = {"layout": layout, "K": k, "N": n, "G": args.group, "M": m,
+                             "us": round(best_wgmma[0], 2), "config": dataclasses.asdict(best_wgmma[1]),
+                             "path": "dequant" if timings["dequant"] < best_wgmma[0] else "wgmma"}
+                    if entry["path"] == "dequant" and best is not None:  # the tl.dot tile for a forced "gemm"
+                        entry.update(us=round(best[0], 2), config=dataclasses.asdict(best[1]))
+                    entries.append(entry)
+                elif best is not None:
                     cfg = best[1]
                     entry = {"layout": layout, "K": k, "N": n, "G": args.group, "M": m, "us": round(best[0], 2),
                              "config": dataclasses.asdict(cfg)}
-                    if "dequant" in timings:  # which of the two paths auto should take at this M
+                    if "dequant" in timings:  # which of the paths auto should take at this M
                         entry["path"] = "dequant" if timings["dequant"] < best[0] else "gemm"
                     entries.append(entry)
         # after every shape, so that partial results survive

@@ -14,6 +14,7 @@ import torch
 from awq_kernel_select import layouts as L
 from awq_kernel_select.kernels import awq_linear
 from awq_kernel_select.kernels.dispatch import DispatchPolicy, choose_path, default_plan
+from awq_kernel_select.kernels.hopper import HopperConfig
 from awq_kernel_select.kernels.matmul import _WORKSPACES, MatmulConfig
 
 from kernel_cases import DEVICE, GPU, MS, SHAPES, TOL, poison_allocator, random_packed, rel_err
@@ -392,3 +393,40 @@ def test_one_layer_run_on_two_streams_at_once_keeps_their_sums_apart(kept: bool)
     for x, results in zip(xs, outs):
         ref = x.double() @ ref_w.t()
         assert max(rel_err(out, ref) for out in results) < TOL
+
+
+HOPPER = GPU and torch.cuda.get_device_capability() == (9, 0)
+WGMMA_TILES = [HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 64, 64, 2, 4, 4), HopperConfig(64, 256, 64, 3, 4),
+               HopperConfig(128, 128, 64, 2, 8), HopperConfig(128, 128, 64, 2, 8, 2), HopperConfig(64, 128, 32, 2, 4)]
+
+
+@pytest.mark.skipif(not HOPPER, reason="the wgmma tile (kernels/hopper.py) runs on sm_90 only")
+@pytest.mark.parametrize("cfg", WGMMA_TILES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_wgmma_tiles_match_float64(cfg: HopperConfig, dtype: torch.dtype) -> None:
+    """Every tile, M and N not multiples of it, group 64 and 128, bias on odd calls; split-K
+    leaves its workspace clean (a dirty one would show in the next call's result)."""
+    for (k, n), g in itertools.product(SHAPES[:2], (64, 128)):
+        packed = random_packed(k, n - 8, g, "gemv", seed=k + g)
+        ref_w = L.dequantize(packed, torch.float64)
+        dense = ref_w.to(dtype)
+        for i, m in enumerate((17, 100, 1024)):
+            x = torch.randn(m, k, device=DEVICE, dtype=dtype) * (64 if dtype == torch.bfloat16 and i == 2 else 1)
+            bias = torch.randn(n - 8, device=DEVICE, dtype=dtype) if i % 2 else None
+            poison_allocator(m * (n - 8))
+            out = awq_linear(x, packed, bias, path="wgmma", config=cfg.as_matmul())
+            ref = x.double() @ ref_w.t() + (bias.double() if bias is not None else 0)
+            dense_err = rel_err(torch.nn.functional.linear(x, dense, bias), ref)
+            assert out.dtype == dtype and rel_err(out, ref) < max(TOL, 1.5 * dense_err), f"{k}x{n - 8} g{g} M={m}"
+    for workspace, tickets in _WORKSPACES.values():
+        assert workspace.abs().sum().item() == 0 and tickets.abs().sum().item() == 0
+
+
+@pytest.mark.skipif(not HOPPER, reason="the wgmma tile (kernels/hopper.py) runs on sm_90 only")
+def test_wgmma_path_with_the_silu_mul_epilogue() -> None:
+    k, n = SHAPES[0]
+    packed = random_packed(k, n, 128, "gemv", seed=5)
+    x = torch.randn(40, k, device=DEVICE, dtype=torch.float16)
+    out = awq_linear(x, packed, path="wgmma", epilogue="silu_mul")
+    ref = awq_linear(x, packed, path="torch", epilogue="silu_mul")
+    assert out.shape == (40, n // 2) and rel_err(out, ref.double()) < 2e-3

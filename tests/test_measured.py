@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -12,9 +13,12 @@ import pytest
 import torch
 
 from awq_kernel_select import CC, KernelSpec, OursRunner, select_kernel
+from awq_kernel_select import layouts as L
 from awq_kernel_select import measured
 from awq_kernel_select.detect import Detection, GpuInfo
-from awq_kernel_select.kernels.dispatch import CPU_PLAN, DispatchPlan, TunedEntry
+from awq_kernel_select.kernels import awq_linear
+from awq_kernel_select.kernels.dispatch import CPU_PLAN, DispatchPlan, TunedEntry, gemm_config
+from awq_kernel_select.kernels.hopper import HopperConfig
 from awq_kernel_select.kernels.matmul import MatmulConfig, _geometry
 from awq_kernel_select.policy import DEFAULT_TABLE
 
@@ -121,6 +125,9 @@ def test_shipped_files_hold_only_tiles_the_kernels_accept() -> None:
             assert raw["source"] and "\n" not in raw["source"]
             for t in raw["tiles"]:
                 cfg = MatmulConfig(**t["config"])
+                if t.get("path") == "wgmma":  # the Gluon tile: its own checks
+                    HopperConfig.from_matmul(cfg).check(t["G"])
+                    continue
                 _, _, split_k = _geometry(cfg, t["layout"] == "gemv", t["G"], t["M"], t["N"], t["K"])
                 assert 1 <= split_k <= cfg.split_k, (path.name, t)
         assert json.loads(measured.dumps(json.loads(path.read_text()))) == json.loads(path.read_text())
@@ -137,6 +144,47 @@ def test_tile_lookup_falls_back_to_the_next_bucket_in_its_regime() -> None:
     assert plan.tuned_entry("gemv", 7, 32, 64, 32) is None
     cuda = torch.device("cuda")
     assert plan.decide(cuda, "gemm", 40, 32, 64, 32) == ("dequant", big.config)  # measured: dequant won
+
+
+def test_a_measured_wgmma_tile_routes_its_shape_to_the_wgmma_path_only() -> None:
+    """A table entry that says "wgmma" sends auto there with its tile; a forced "gemm" at that
+    shape gets the heuristic tl.dot tile, never the wgmma tile; without an entry auto never
+    picks wgmma."""
+    wg = TunedEntry(HopperConfig(64, 128, 64, 2, 4, 2).as_matmul(), "wgmma")
+    plan = DispatchPlan(tiles={("gemv", 4096, 11008, 128, 64): wg}, multiprocessors=132, wgmma_capable=True)
+    cuda = torch.device("cuda")
+    assert plan.decide(cuda, "gemv", 64, 11008, 4096, 128) == ("wgmma", wg.config)
+    assert plan.decide(cuda, "gemv", 64, 11008, 4096, 128, path="gemm") == (
+        "gemm", gemm_config(64, 11008, 4096, 128, True))
+    untimed = DispatchPlan(multiprocessors=132, wgmma_capable=True)
+    assert all(untimed.decide(cuda, "gemv", m, 11008, 4096, 128)[0] != "wgmma" for m in (32, 64, 256, 4096))
+    chosen, cfg = untimed.decide(cuda, "gemv", 40, 11008, 4096, 128, path="wgmma")
+    assert chosen == "wgmma" and HopperConfig.from_matmul(cfg) == HopperConfig(64, 128, 64, 2, 4, 1)
+
+
+def test_wgmma_tiles_are_read_for_the_gemv_layout_only(tmp_path: Path) -> None:
+    good = {"layout": "gemv", "K": 4096, "N": 11008, "G": 128, "M": 64, "path": "wgmma",
+            "config": dataclasses.asdict(HopperConfig(64, 128, 64, 2, 4, 2).as_matmul())}
+    path = tmp_path / "t.json"
+    measured.save_measurement("Fake GPU", (9, 0), tiles=[good], path=path)
+    with pytest.raises(ValueError, match="GEMV layout"):
+        measured.save_measurement("Fake GPU", (9, 0), tiles=[{**good, "layout": "gemm"}], path=path)
+    with pytest.raises(ValueError, match="block_m"):
+        measured.save_measurement("Fake GPU", (9, 0), path=path,
+                                  tiles=[{**good, "config": {**good["config"], "block_m": 32}}])
+
+
+def test_the_wgmma_path_off_a_hopper_gpu_says_what_it_needs() -> None:
+    x = torch.randn(20, 256, dtype=torch.float16)  # on the CPU, here and on a GPU machine
+    integers = L.quantize_rtn(torch.randn(128, 256) * 0.05, 128)
+    with pytest.raises(ValueError, match="sm_90"):
+        awq_linear(x, L.pack(*integers, 128, "gemv"), path="wgmma")
+    a100 = measured.dispatch_plan(None, "NVIDIA A100-SXM4-80GB", (8, 0), 108)
+    assert not a100.wgmma_capable and measured.dispatch_plan(None, "NVIDIA H100 80GB HBM3", (9, 0), 132).wgmma_capable
+    with pytest.raises(ValueError, match="sm_90.*A100"):
+        awq_linear(x, L.pack(*integers, 128, "gemv"), path="wgmma", plan=a100)
+    with pytest.raises(ValueError, match="GEMV layout"):
+        awq_linear(x, L.pack(*integers, 128, "gemm"), path="wgmma")
 
 
 def test_bf16_x_passes_over_the_four_token_tiles_at_four_tokens() -> None:

@@ -10,13 +10,17 @@ gemm       fused kernel, ``tl.dot`` tiles (split-K      16 < M < 256 (batched de
 dequant    Triton dequantize to fp16 or bf16 (in        M >= 256 (prefill)
            L2-sized column chunks where that helps),
            cuBLAS
+wgmma      the Gluon wgmma tile (``hopper.py``: GEMV    where a GPU's measured table says so
+           layout, sm_90), x and words by cp.async,     (M > 16); never by default
+           the MMA of one K step overlapping the
+           decode of the next
 torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
 =========  ===========================================  =====================================
 
 The thresholds live in :class:`DispatchPolicy`, and a :class:`DispatchPlan` (one per GPU, built
 at selection from the measured facts of that GPU: :mod:`awq_kernel_select.measured`) holds them
 with the tiles measured best per shape. Where the plan has an entry for the shape, its tile
-configuration is used, and for 16 < M < 1024 its measured choice between the fused kernel and
+configuration is used, and for 16 < M < 1024 its measured choice between the fused kernels and
 dequantize + cuBLAS.
 """
 
@@ -31,12 +35,13 @@ import torch
 from ..layouts import PackedWeights
 from . import matmul
 from .dequant import dequantize_triton
+from .hopper import HopperConfig, awq_hopper_matmul
 from .launch import interpreting
 from .matmul import MatmulConfig, Replay, awq_matmul_with_replay, pair_block_m
 from .reference import EPILOGUES, Epilogue, apply_epilogue, output_width, reference_linear
 
-KernelPath = Literal["gemv", "gemm", "dequant", "torch"]
-PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "torch")
+KernelPath = Literal["gemv", "gemm", "dequant", "wgmma", "torch"]
+PATHS: tuple[KernelPath, ...] = ("gemv", "gemm", "dequant", "wgmma", "torch")
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,16 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
     return MatmulConfig(16, block_n, block_k, split, warps, 1, w_first=True, prefetch=True)
 
 
+def wgmma_config(m: int, n: int, k: int, group_size: int, sm_count: int) -> MatmulConfig:
+    """The wgmma tile where no table has one: 64 tokens on 4 warps up to M = 64, else 128 on 8;
+    128 output columns by 64 of K; split-K up to 8 where the output tiles alone leave SMs idle.
+    (A starting point: only the tuned tables route to this path.)"""
+    block_m, warps = (64, 4) if m <= 64 else (128, 8)
+    block_k = min(group_size, 64)
+    tiles = -(-n // 128) * -(-m // block_m)
+    return HopperConfig(block_m, 128, block_k, 2, warps, _split_k(sm_count, tiles, k // block_k, 8)).as_matmul()
+
+
 def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> MatmulConfig:
     """Tensor-core tiles for 16 < M < the dequantize threshold."""
     block_k = min(group_size, 64)
@@ -132,15 +147,16 @@ def m_bucket(m: int) -> int:
 
 @dataclass(frozen=True)
 class TunedEntry:
-    config: MatmulConfig
-    path: KernelPath | None  # for M > 16: whether the fused kernel or dequantize + cuBLAS won
+    config: MatmulConfig  # the fused kernel's tile: the wgmma tile's where ``path`` is "wgmma"
+    path: KernelPath | None  # for M > 16: which of the fused kernels or dequantize + cuBLAS won
 
 
 @dataclass(frozen=True, eq=False)
 class DispatchPlan:
     """How this library's linears run on one GPU: the thresholds between the paths, the tiles
     measured best on this chip (:mod:`awq_kernel_select.measured` reads them), how many SMs a grid
-    is spread over and whether launches may use programmatic dependent launch (sm90+).
+    is spread over, whether launches may use programmatic dependent launch (sm90+) and whether
+    the wgmma tile runs (sm_90).
 
     :func:`~awq_kernel_select.select_kernel` builds it for the GPU it selects for
     (``Selection.plan``) and ``load_quantized`` hands it to every layer; the kernels never ask
@@ -150,6 +166,7 @@ class DispatchPlan:
     tiles: Mapping[TableKey, TunedEntry] = field(default_factory=dict)
     multiprocessors: int = 4  # off the GPU (the interpreter): small grids
     pdl_capable: bool = False
+    wgmma_capable: bool = False  # sm_90: the wgmma path (kernels/hopper.py) can run
     gpu: str | None = None
     tiles_note: str = "heuristic tiles"
     crossover_tokens: int | None = None  # where the GEMM layout overtakes the GEMV layout, if measured
@@ -183,10 +200,13 @@ class DispatchPlan:
     def config_for(self, path: KernelPath, layout: str, m: int, n: int, k: int, g: int,
                    bf16: bool = False) -> MatmulConfig:
         """The tuned configuration for this shape (``bf16``: for bf16 x) if the plan has one, else
-        the heuristic."""
+        the heuristic. A table's wgmma tile serves the wgmma path only, and only it."""
         found = self.tuned_entry(layout, m, n, k, g, bf16)
-        if found is not None and (path == "gemv") == (m_bucket(m) <= 16):
+        if (found is not None and (path == "gemv") == (m_bucket(m) <= 16)
+                and (path == "wgmma") == (found.path == "wgmma")):
             return found.config
+        if path == "wgmma":
+            return wgmma_config(m, n, k, g, self.multiprocessors)
         if path == "gemv":
             return gemv_config(m, n, k, g, layout == "gemv", self.multiprocessors, bf16)
         return gemm_config(m, n, k, g, layout == "gemv")
@@ -204,7 +224,8 @@ class DispatchPlan:
             entry = self.tuned_entry(layout, m, n, k, g, bf16)
             if entry is not None and entry.path is not None:
                 chosen = entry.path
-        decided = (chosen, self.config_for("gemv" if chosen == "gemv" else "gemm", layout, m, n, k, g, bf16))
+        decided = (chosen, self.config_for(chosen if chosen in ("gemv", "wgmma") else "gemm", layout, m, n, k, g,
+                                           bf16))
         if len(self._decided) >= 4096:
             self._decided.clear()
         self._decided[key] = decided
@@ -328,6 +349,13 @@ def linear_with_replay(
     plan = default_plan(x.device) if plan is None else plan
     chosen, planned = plan.decide(x.device, weights.layout, m, weights.out_features, weights.in_features,
                                   weights.group_size, path, bf16=x.dtype == torch.bfloat16)
+    if chosen == "wgmma":  # before the generic check: this path needs more than Triton
+        if weights.layout != "gemv":
+            raise ValueError("path 'wgmma' reads the GEMV layout's words; this layer is in the GEMM layout: "
+                             "use path='gemm' or 'auto'")
+        if not plan.wgmma_capable:
+            where = f"this plan is for {plan.gpu}" if plan.gpu else f"the input is on {x.device}"
+            raise ValueError(f"path 'wgmma' needs an sm_90 GPU (H100, H200); {where}: use path='gemm' or 'auto'")
     if chosen != "torch" and not triton_usable(x.device):
         raise RuntimeError(f"path {chosen!r} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
     replay: Replay | None = None
@@ -336,6 +364,11 @@ def linear_with_replay(
     elif chosen == "dequant":
         out = apply_epilogue(dequant_matmul(x2, weights, bias, plan.policy.dequant_chunk_bytes,
                                             plan.policy.dequant_chunk_min_cols).to(x.dtype), epilogue)
+    elif chosen == "wgmma":
+        x16 = x2 if x2.dtype in (torch.float16, torch.bfloat16) else x2.to(torch.float16)
+        out = apply_epilogue(awq_hopper_matmul(x16, weights.qweight, weights.qzeros, weights.scales,
+                                               weights.group_size, HopperConfig.from_matmul(config or planned),
+                                               bias).to(x.dtype), epilogue)
     else:
         in_kernel = weights.layout == "gemv" or epilogue == "none"  # the kernel makes the epilogue (if any)
         out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,
