@@ -134,6 +134,14 @@ def _issue(x_ring, w_ring, x_ptrs, x_mask, w_ptrs, w_mask, i, n_iters, STAGES: g
     async_copy.commit_group()
 
 
+@gluon.jit
+def _zero_scale(qzeros_ptr, scales_ptr, rows, live, group, stride_qzeros, stride_scales):
+    """The packed zero word holding ``group``'s zero (int32) and ``group``'s scale, per row."""
+    zw = gl.load(qzeros_ptr + rows * stride_qzeros + group // 8, mask=live, other=0)
+    s = gl.load(scales_ptr + rows * stride_scales + group, mask=live, other=0.0)
+    return zw, s
+
+
 @gluon.constexpr_function
 def _copy_layout(rows, cols, vec, num_warps):
     """Rows of ``cols`` elements, ``vec`` contiguous per thread, over ``num_warps`` warps."""
@@ -189,14 +197,11 @@ def awq_hopper_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_
 
     for i in gl.static_range(AHEAD):
         _issue(x_ring, q_ring, x_ptrs, x_mask, q_ptrs, q_mask, i, n_iters, STAGES, BLOCK_K)
+    # each row's zero word and scale, loaded one step ahead (their latency hides behind a step)
+    zw, s = _zero_scale(qzeros_ptr, scales_ptr, d_rows, d_live, first * BLOCK_K // GROUP_SIZE, stride_qzeros,
+                        stride_scales)
     for i in range(n_iters):
         group = (first + i) * BLOCK_K // GROUP_SIZE
-        zw = gl.load(qzeros_ptr + d_rows * stride_qzeros + group // 8, mask=d_live, other=0)
-        s = gl.load(scales_ptr + d_rows * stride_scales + group, mask=d_live, other=0.0)
-        async_copy.wait_group(AHEAD - 1)  # this thread's copies of step i have landed
-        _barrier()  # and everyone's; every warp group is past the wgmma of step i - 2
-        _issue(x_ring, q_ring, x_ptrs, x_mask, q_ptrs, q_mask, i + AHEAD, n_iters, STAGES, BLOCK_K)
-
         z = (zw >> ((group % 8) * 4)) & 0xF
         if BF16:  # bits of 128 + z and of bf16(s), in both halves
             zz = (0x4300 | z) * 0x10001
@@ -204,6 +209,11 @@ def awq_hopper_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_
         else:  # of 1024 + z and of s
             zz = (0x6400 | z) * 0x10001
             ss = (s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
+        zw, s = _zero_scale(qzeros_ptr, scales_ptr, d_rows, d_live & (i + 1 < n_iters),
+                            (first + i + 1) * BLOCK_K // GROUP_SIZE, stride_qzeros, stride_scales)
+        async_copy.wait_group(AHEAD - 1)  # this thread's copies of step i have landed
+        _barrier()  # and everyone's; every warp group is past the wgmma of step i - 2
+        _issue(x_ring, q_ring, x_ptrs, x_mask, q_ptrs, q_mask, i + AHEAD, n_iters, STAGES, BLOCK_K)
         words = q_ring.index(i % STAGES).load(d_layout)
         w = _decode_tile(words, zz[:, None], ss[:, None], BLOCK_N, BLOCK_K, BF16)
         w_buf = w_bufs.index(i % 2)
