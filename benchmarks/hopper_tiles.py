@@ -4,7 +4,7 @@ beside fp16 cuBLAS and this library's current dispatch (``awq_linear``, GEMV lay
     python -m benchmarks.hopper_tiles --out /tmp/hopper [--shapes two] [--ms 16 32 ... 4096]
     python -m benchmarks.hopper_tiles --out /tmp/hopper --sweep [--ship] [--shapes all]
 
-``--sweep``: at each M bucket from 32 to 256, every tile of ``benchmarks.kernels.wgmma_sweep_configs``
+``--sweep``: at each M bucket from 8 to 256, every tile of ``benchmarks.kernels.wgmma_sweep_configs``
 against what the dispatch runs now (the incumbent: the tuned tile or dequantize + cuBLAS); where
 the best wgmma tile wins, it goes into the measured tiles with ``path: "wgmma"`` (the user's
 overlay, or with ``--ship`` the package's file for this GPU model) and ``auto`` takes it from the
@@ -34,11 +34,19 @@ from awq_kernel_select.kernels import awq_linear
 from awq_kernel_select.kernels.hopper import HopperConfig, awq_hopper_matmul
 from benchmarks.kernels import SHAPE_SETS, make_layer, packed_bytes, rel_err, wgmma_sweep_configs
 
-TILES = [HopperConfig(64, 64, 64, 2, 4), HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 128, 64, 3, 4),
-         HopperConfig(64, 64, 64, 2, 4, 4), HopperConfig(64, 128, 64, 2, 4, 2), HopperConfig(64, 128, 64, 3, 4, 4),
-         HopperConfig(64, 256, 64, 2, 4), HopperConfig(128, 128, 64, 2, 8), HopperConfig(128, 256, 64, 2, 8),
-         HopperConfig(128, 128, 64, 3, 8), HopperConfig(128, 128, 64, 2, 8, 2)]
-MS = [16, 32, 64, 128, 256, 1024, 4096]
+# the table's tiles: w_first ones for few tokens (their M side padded to 16 or 32), then the
+# 64- and 128-token ones; a tile is timed only where M fits it without more than half padding
+TILES = [HopperConfig(16, 128, 64, 2, 4, 4, True), HopperConfig(16, 256, 64, 3, 8, 4, True),
+         HopperConfig(32, 128, 64, 2, 4, 4, True), HopperConfig(32, 128, 64, 3, 4, 2, True),
+         HopperConfig(64, 128, 64, 2, 4, 2, True),
+         HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 128, 64, 3, 4, 2), HopperConfig(64, 256, 64, 2, 4),
+         HopperConfig(128, 128, 64, 2, 8), HopperConfig(128, 256, 64, 2, 8), HopperConfig(128, 128, 64, 3, 8)]
+MS = [8, 16, 32, 64, 128, 256, 1024, 4096]
+
+
+def fits(cfg: HopperConfig, m: int) -> bool:
+    """A tile worth timing at M: at most half of its token side padding, or M above it."""
+    return m > cfg.block_m // 2
 
 
 def hopper_op(packed: L.PackedWeights, cfg: HopperConfig):  # type: ignore[no-untyped-def]
@@ -51,7 +59,7 @@ def check(out_dir: Path) -> list[dict[str, Any]]:
         q, z, s = make_layer(k, n, g, seed=7)
         packed = L.pack(q, z, s, g, "gemv")
         ref_w = L.dequantize(L.pack(q, z, s, g, "gemm"), torch.float64)
-        for m, dtype in itertools.product((16, 33, 64, 130), (torch.float16, torch.bfloat16)):
+        for m, dtype in itertools.product((9, 16, 33, 64, 130), (torch.float16, torch.bfloat16)):
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             ref = x.double() @ ref_w.t()
             dense = rel_err(torch.nn.functional.linear(x, ref_w.to(dtype)), ref)
@@ -62,10 +70,11 @@ def check(out_dir: Path) -> list[dict[str, Any]]:
                 print(f"check {k}x{n} g{g} M={m} {dtype} {cfg}: {err:.2e} (dense F.linear {dense:.2e})", flush=True)
         bias = torch.randn(n, device="cuda", dtype=torch.float16)
         x = torch.randn(40, k, device="cuda", dtype=torch.float16)
-        err = rel_err(awq_hopper_matmul(x, packed.qweight, packed.qzeros, packed.scales, g, TILES[4], bias),
-                      x.double() @ ref_w.t() + bias.double())
-        rows.append({"K": k, "N": n, "G": g, "M": 40, "tile": str(TILES[4]), "bias": True, "rel_err": err})
-        print(f"check {k}x{n} g{g} M=40 with bias {TILES[4]}: {err:.2e}", flush=True)
+        for cfg in (TILES[2], TILES[6]):  # w_first and not, both split
+            err = rel_err(awq_hopper_matmul(x, packed.qweight, packed.qzeros, packed.scales, g, cfg, bias),
+                          x.double() @ ref_w.t() + bias.double())
+            rows.append({"K": k, "N": n, "G": g, "M": 40, "tile": str(cfg), "bias": True, "rel_err": err})
+            print(f"check {k}x{n} g{g} M=40 with bias {cfg}: {err:.2e}", flush=True)
     (out_dir / "check.json").write_text(json.dumps(rows, indent=1))
     return rows
 
@@ -86,7 +95,8 @@ def table(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
                 "fp16": [lambda w=w: torch.nn.functional.linear(x, w) for w in dense],
                 "ours_auto": [lambda p=p: awq_linear(x, p, None) for p in packs]}
             for cfg in TILES:
-                ops[str(cfg)] = [lambda p=p, c=cfg: hopper_op(p, c)(x) for p in packs]
+                if fits(cfg, m):
+                    ops[str(cfg)] = [lambda p=p, c=cfg: hopper_op(p, c)(x) for p in packs]
             line = {"K": k, "N": n, "M": m, "floor_us": floor}
             for name, calls in ops.items():
                 try:
@@ -117,7 +127,7 @@ def sweep(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
     for k, n in SHAPE_SETS[args.shapes]:
         copies = copies_to_evict_l2(packed_bytes(k, n, args.group))
         packs = [L.pack(*make_layer(k, n, args.group, seed), args.group, "gemv") for seed in range(copies)]
-        for m in (32, 64, 128, 256):
+        for m in (8, 16, 32, 64, 128, 256):
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             incumbent = time_graph([lambda p=p: awq_linear(x, p, None) for p in packs], reps=10, warmup=2).median_us
             timed: dict[str, float] = {}

@@ -244,15 +244,23 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
 
 
 def wgmma_sweep_configs(m: int, g: int) -> list[MatmulConfig]:
-    """The Gluon wgmma tiles (``kernels/hopper.py``, GEMV layout, sm_90) tried for M > 16, in the
-    tables' form (``path: "wgmma"``): 64 tokens on 4 warps, and from M = 128 also 128 on 8; 64-256
-    output columns; 2 or 3 steps in flight; split-K where the output tiles are few."""
+    """The Gluon wgmma tiles (``kernels/hopper.py``, GEMV layout, sm_90) tried at M, in the tables'
+    form (``path: "wgmma"``). Up to 64 tokens ``w_first`` (the tokens on wgmma's N side, padded to
+    a power of two from 8) on 64-256 output columns; from 32 tokens also 64 on wgmma's M side, from
+    128 also 128 on 8 warps; 2 or 3 steps in flight; split-K where the output tiles are few."""
     if g % 64:
         return []
-    shapes = [(64, 4)] + ([(128, 8)] if m >= 128 else [])
-    return [HopperConfig(bm, bn, 64, ahead, warps, split).as_matmul()
-            for bm, warps in shapes for bn in (64, 128, 256) for ahead in (2, 3)
-            for split in ((1, 2, 4, 8) if m <= 256 else (1,))]
+    configs = []
+    if m <= 64:
+        bm = max(8, 1 << (m - 1).bit_length())
+        configs += [HopperConfig(bm, bn, 64, ahead, warps, split, w_first=True).as_matmul()
+                    for bn, warps in ((64, 4), (128, 4), (256, 8)) for ahead in (2, 3) for split in (2, 4, 8, 16)]
+    if m >= 32:
+        shapes = [(64, 4)] + ([(128, 8)] if m >= 128 else [])
+        configs += [HopperConfig(bm, bn, 64, ahead, warps, split).as_matmul()
+                    for bm, warps in shapes for bn in (128, 256) for ahead in ((2,) if m <= 64 else (2, 3))
+                    for split in ((1, 2, 4) if m <= 256 else (1,))]
+    return configs
 
 
 def run_sweep(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:

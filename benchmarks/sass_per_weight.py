@@ -93,7 +93,7 @@ def _longest_loop(cubin: bytes) -> tuple[int, collections.Counter[str]]:
 def hopper_loop_counts(cfg: hopper.HopperConfig, dtype: str = "fp16") -> tuple[int, collections.Counter[str]]:
     """``loop_counts`` for the Gluon wgmma tile (``kernels/hopper.py``), with split-K."""
     consts = dict(GROUP_SIZE=128, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, AHEAD=cfg.ahead,
-                  USE_SPLIT_K=cfg.split_k > 1, HAS_BIAS=False)
+                  USE_SPLIT_K=cfg.split_k > 1, HAS_BIAS=False, W_FIRST=cfg.w_first)
     signature = dict(x_ptr=f"*{dtype}", qweight_ptr="*i32", qzeros_ptr="*i32", scales_ptr="*fp16",
                      bias_ptr=f"*{dtype}", out_ptr=f"*{dtype}", workspace_ptr="*fp32", tickets_ptr="*i32", M="i32", N="i32", K="i32",
                      k_iters_per_split="i32", split_k="i32", stride_xm="i32", stride_qweight="i32",
@@ -132,7 +132,8 @@ TILES: list[tuple[str, matmul.MatmulConfig] | tuple[str, matmul.MatmulConfig, in
 
 #: the Gluon wgmma tiles counted (``kernels/hopper.py``)
 HOPPER_TILES = [hopper.HopperConfig(64, 128, 64, 2, 4), hopper.HopperConfig(128, 128, 64, 2, 8),
-                hopper.HopperConfig(64, 128, 64, 2, 4, 2)]
+                hopper.HopperConfig(64, 128, 64, 2, 4, 2), hopper.HopperConfig(16, 128, 64, 2, 4, 4, w_first=True),
+                hopper.HopperConfig(32, 128, 64, 3, 4, 4, w_first=True)]
 
 
 def main() -> None:

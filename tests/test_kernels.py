@@ -396,8 +396,10 @@ def test_one_layer_run_on_two_streams_at_once_keeps_their_sums_apart(kept: bool)
 
 
 HOPPER = GPU and torch.cuda.get_device_capability() == (9, 0)
-WGMMA_TILES = [HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 64, 64, 2, 4, 4), HopperConfig(64, 256, 64, 3, 4),
-               HopperConfig(128, 128, 64, 2, 8), HopperConfig(128, 128, 64, 2, 8, 2), HopperConfig(64, 128, 32, 2, 4)]
+WGMMA_TILES = [HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 256, 64, 3, 4, 2), HopperConfig(128, 128, 64, 2, 8),
+               HopperConfig(128, 128, 64, 2, 8, 2), HopperConfig(64, 128, 32, 2, 4),
+               HopperConfig(8, 128, 64, 2, 4, 8, True), HopperConfig(16, 64, 64, 3, 4, 4, True),
+               HopperConfig(32, 256, 64, 2, 8, 2, True), HopperConfig(64, 128, 64, 2, 4, 1, True)]
 
 
 @pytest.mark.skipif(not HOPPER, reason="the wgmma tile (kernels/hopper.py) runs on sm_90 only")
@@ -410,8 +412,8 @@ def test_wgmma_tiles_match_float64(cfg: HopperConfig, dtype: torch.dtype) -> Non
         packed = random_packed(k, n - 8, g, "gemv", seed=k + g)
         ref_w = L.dequantize(packed, torch.float64)
         dense = ref_w.to(dtype)
-        for i, m in enumerate((17, 100, 1024)):
-            x = torch.randn(m, k, device=DEVICE, dtype=dtype) * (64 if dtype == torch.bfloat16 and i == 2 else 1)
+        for i, m in enumerate((5, 17, 100, 1024)):
+            x = torch.randn(m, k, device=DEVICE, dtype=dtype) * (64 if dtype == torch.bfloat16 and i == 3 else 1)
             bias = torch.randn(n - 8, device=DEVICE, dtype=dtype) if i % 2 else None
             poison_allocator(m * (n - 8))
             out = awq_linear(x, packed, bias, path="wgmma", config=cfg.as_matmul())

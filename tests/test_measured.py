@@ -147,9 +147,9 @@ def test_tile_lookup_falls_back_to_the_next_bucket_in_its_regime() -> None:
 
 
 def test_a_measured_wgmma_tile_routes_its_shape_to_the_wgmma_path_only() -> None:
-    """A table entry that says "wgmma" sends auto there with its tile; a forced "gemm" at that
-    shape gets the heuristic tl.dot tile, never the wgmma tile; without an entry auto never
-    picks wgmma."""
+    """A table entry that says "wgmma" sends auto there with its tile, at any M below 1024; a
+    forced "gemm" or "gemv" at that shape gets the heuristic tile, never the wgmma tile; without
+    an entry auto never picks wgmma."""
     wg = TunedEntry(HopperConfig(64, 128, 64, 2, 4, 2).as_matmul(), "wgmma")
     plan = DispatchPlan(tiles={("gemv", 4096, 11008, 128, 64): wg}, multiprocessors=132, wgmma_capable=True)
     cuda = torch.device("cuda")
@@ -159,7 +159,12 @@ def test_a_measured_wgmma_tile_routes_its_shape_to_the_wgmma_path_only() -> None
     untimed = DispatchPlan(multiprocessors=132, wgmma_capable=True)
     assert all(untimed.decide(cuda, "gemv", m, 11008, 4096, 128)[0] != "wgmma" for m in (32, 64, 256, 4096))
     chosen, cfg = untimed.decide(cuda, "gemv", 40, 11008, 4096, 128, path="wgmma")
-    assert chosen == "wgmma" and HopperConfig.from_matmul(cfg) == HopperConfig(64, 128, 64, 2, 4, 1)
+    assert chosen == "wgmma" and HopperConfig.from_matmul(cfg) == HopperConfig(64, 128, 64, 2, 4, 2, w_first=True)
+    few = TunedEntry(HopperConfig(16, 128, 64, 2, 4, 8, w_first=True).as_matmul(), "wgmma")
+    plan.tiles[("gemv", 4096, 11008, 128, 16)] = few  # type: ignore[index]
+    plan.forget()
+    assert plan.decide(cuda, "gemv", 12, 11008, 4096, 128) == ("wgmma", few.config)  # also below M = 16
+    assert plan.decide(cuda, "gemv", 12, 11008, 4096, 128, path="gemv")[1].block_m == 16  # the heuristic tile
 
 
 def test_wgmma_tiles_are_read_for_the_gemv_layout_only(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ dequant    Triton dequantize to fp16 or bf16 (in        M >= 256 (prefill)
            L2-sized column chunks where that helps),
            cuBLAS
 wgmma      the Gluon wgmma tile (``hopper.py``: GEMV    where a GPU's measured table says so
-           layout, sm_90), x and words by cp.async,     (M > 16); never by default
+           layout, sm_90), x and words by cp.async,     (M < 1024); never by default
            the MMA of one K step overlapping the
            decode of the next
 torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
@@ -121,11 +121,18 @@ def gemv_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool, sm_c
 
 
 def wgmma_config(m: int, n: int, k: int, group_size: int, sm_count: int) -> MatmulConfig:
-    """The wgmma tile where no table has one: 64 tokens on 4 warps up to M = 64, else 128 on 8;
-    128 output columns by 64 of K; split-K up to 8 where the output tiles alone leave SMs idle.
-    (A starting point: only the tuned tables route to this path.)"""
-    block_m, warps = (64, 4) if m <= 64 else (128, 8)
+    """The wgmma tile where no table has one. Up to 64 tokens ``out^T = W @ x^T`` (``w_first``:
+    128 output columns are wgmma's M side, the tokens, padded to 8, 16, 32 or 64, its N side),
+    above that 64 tokens on 4 warps or, from 128, 128 on 8, by 128 columns; 64 of K; split-K up
+    to 16 where the output tiles alone leave SMs idle. (A starting point: only the tuned tables
+    route to this path.)"""
     block_k = min(group_size, 64)
+    if m <= 64:
+        block_m = max(8, 1 << (m - 1).bit_length())
+        tiles = -(-n // 128) * -(-m // block_m)
+        split = _split_k(2 * sm_count, tiles, k // block_k, 16)
+        return HopperConfig(block_m, 128, block_k, 2, 4, split, w_first=True).as_matmul()
+    block_m, warps = (64, 4) if m < 128 else (128, 8)
     tiles = -(-n // 128) * -(-m // block_m)
     return HopperConfig(block_m, 128, block_k, 2, warps, _split_k(sm_count, tiles, k // block_k, 8)).as_matmul()
 
@@ -202,9 +209,12 @@ class DispatchPlan:
         """The tuned configuration for this shape (``bf16``: for bf16 x) if the plan has one, else
         the heuristic. A table's wgmma tile serves the wgmma path only, and only it."""
         found = self.tuned_entry(layout, m, n, k, g, bf16)
-        if (found is not None and (path == "gemv") == (m_bucket(m) <= 16)
-                and (path == "wgmma") == (found.path == "wgmma")):
-            return found.config
+        if found is not None:
+            if found.path == "wgmma" or path == "wgmma":
+                if found.path == path:
+                    return found.config
+            elif (path == "gemv") == (m_bucket(m) <= 16):
+                return found.config
         if path == "wgmma":
             return wgmma_config(m, n, k, g, self.multiprocessors)
         if path == "gemv":
@@ -219,10 +229,11 @@ class DispatchPlan:
         if found is not None:
             return found
         chosen = choose_path(m, device, self.policy) if path == "auto" else path
-        if path == "auto" and chosen in ("gemm", "dequant") and m < self.policy.dequant_min_tokens * 4:
-            # between the regimes, what this GPU measured for this shape decides
+        if path == "auto" and chosen != "torch" and m < self.policy.dequant_min_tokens * 4:
+            # what this GPU measured for this shape decides: above M = 16 between the fused
+            # kernels and dequantize + cuBLAS, at any M for the wgmma tile
             entry = self.tuned_entry(layout, m, n, k, g, bf16)
-            if entry is not None and entry.path is not None:
+            if entry is not None and entry.path is not None and (chosen != "gemv" or entry.path == "wgmma"):
                 chosen = entry.path
         decided = (chosen, self.config_for(chosen if chosen in ("gemv", "wgmma") else "gemm", layout, m, n, k, g,
                                            bf16))

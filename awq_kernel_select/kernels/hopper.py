@@ -40,10 +40,15 @@ _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 @dataclass(frozen=True)
 class HopperConfig:
-    """One tile of ``awq_hopper_kernel``: ``block_m`` tokens (64 or 128, wgmma's M) by ``block_n``
-    output columns (wgmma's N, <= 256) by ``block_k`` (divides the group size); ``ahead`` steps
-    in flight, ``ahead + 2`` buffers; ``split_k`` programs share each output tile's K (their
-    partial sums meet in ``matmul``'s fp32 workspace, the last one writes the output)."""
+    """One tile of ``awq_hopper_kernel``: ``block_m`` tokens by ``block_n`` output columns by
+    ``block_k`` of K (dividing the group size); ``ahead`` steps in flight, ``ahead + 2`` buffers;
+    ``split_k`` programs share each output tile's K (their partial sums meet in ``matmul``'s fp32
+    workspace, the last one writes the output).
+
+    The wgmma's M side (16 rows per warp, at least 64) is the tokens (``block_m`` 64 or 128), or
+    with ``w_first`` the output columns: ``out^T = W @ x^T``, ``block_n`` a multiple of 16 per
+    warp and the tokens wgmma's N side, 8 to 256 in steps of 8, so that few tokens (M = 8..64)
+    fill a tile without padding."""
 
     block_m: int = 64
     block_n: int = 128
@@ -51,28 +56,34 @@ class HopperConfig:
     ahead: int = 2
     num_warps: int = 4
     split_k: int = 1
+    w_first: bool = False
 
     def __str__(self) -> str:
         return (f"HM{self.block_m}/BN{self.block_n}/BK{self.block_k}/A{self.ahead}/w{self.num_warps}"
-                f"/S{self.split_k}")
+                f"/S{self.split_k}{'/WF' if self.w_first else ''}")
 
     def as_matmul(self) -> MatmulConfig:
         """The same tile in the measured tables' form (``num_stages`` = buffers = ``ahead + 2``),
         stored with ``path: "wgmma"``."""
-        return MatmulConfig(self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.ahead + 2)
+        return MatmulConfig(self.block_m, self.block_n, self.block_k, self.split_k, self.num_warps, self.ahead + 2,
+                            w_first=self.w_first)
 
     @staticmethod
     def from_matmul(cfg: MatmulConfig) -> HopperConfig:
-        if cfg.prefetch or cfg.w_first or cfg.interleave_k or cfg.num_stages < 3:
-            raise ValueError(f"{cfg} is no wgmma tile: it has prefetch, w_first or interleave_k, or fewer "
-                             "than 3 buffers")
-        return HopperConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_stages - 2, cfg.num_warps, cfg.split_k)
+        if cfg.prefetch or cfg.interleave_k or cfg.num_stages < 3:
+            raise ValueError(f"{cfg} is no wgmma tile: it has prefetch or interleave_k, or fewer than 3 buffers")
+        return HopperConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_stages - 2, cfg.num_warps, cfg.split_k,
+                            cfg.w_first)
 
     def check(self, group_size: int) -> None:
-        if self.block_m not in (64, 128) or self.block_m < 16 * self.num_warps:
-            raise ValueError(f"{self}: block_m must be 64 or 128 and hold 16 rows per warp")
-        if self.block_n % 16 or not 16 <= self.block_n <= 256:
-            raise ValueError(f"{self}: block_n must be a multiple of 16 up to 256")
+        rows, cols = (self.block_n, self.block_m) if self.w_first else (self.block_m, self.block_n)
+        side = "block_n" if self.w_first else "block_m"
+        if self.num_warps not in (4, 8) or rows % (16 * self.num_warps) or rows > 256:
+            raise ValueError(f"{self}: {side} (wgmma's M side) must hold 16 rows per warp, at most 256, "
+                             f"on 4 or 8 warps")
+        if cols % 8 or not 8 <= cols <= 256 or (not self.w_first and cols % 16):
+            raise ValueError(f"{self}: {'block_m' if self.w_first else 'block_n'} (wgmma's N side) must be a "
+                             f"multiple of {8 if self.w_first else 16} up to 256")
         if self.block_k not in (32, 64) or group_size % self.block_k:
             raise ValueError(f"{self}: block_k must be 32 or 64 and divide the group size {group_size}")
 
@@ -155,7 +166,7 @@ def awq_hopper_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_
                       stride_xm, stride_qweight, stride_qzeros, stride_scales, stride_om,
                       GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                       BLOCK_K: gl.constexpr, AHEAD: gl.constexpr, USE_SPLIT_K: gl.constexpr,
-                      HAS_BIAS: gl.constexpr):
+                      HAS_BIAS: gl.constexpr, W_FIRST: gl.constexpr):
     NUM_WARPS: gl.constexpr = gl.num_warps()
     DTYPE: gl.constexpr = x_ptr.dtype.element_ty
     BF16: gl.constexpr = DTYPE == gl.bfloat16
@@ -191,9 +202,12 @@ def awq_hopper_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_
     d_rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, d_layout))
     d_live = d_rows < N
 
+    # acc: out [BLOCK_M, BLOCK_N], or with W_FIRST out^T [BLOCK_N, BLOCK_M]
+    ACC_ROWS: gl.constexpr = BLOCK_N if W_FIRST else BLOCK_M
+    ACC_COLS: gl.constexpr = BLOCK_M if W_FIRST else BLOCK_N
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                         instr_shape=[16, BLOCK_N, 16])
-    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=mma_layout)
+                                                         instr_shape=[16, ACC_COLS, 16])
+    acc = gl.zeros((ACC_ROWS, ACC_COLS), dtype=gl.float32, layout=mma_layout)
 
     for i in gl.static_range(AHEAD):
         _issue(x_ring, q_ring, x_ptrs, x_mask, q_ptrs, q_mask, i, n_iters, STAGES, BLOCK_K)
@@ -220,20 +234,27 @@ def awq_hopper_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_
         w_buf.store(w)
         fence_async_shared()
         _barrier()
-        acc = warpgroup_mma(x_ring.index(i % STAGES), w_buf.permute((1, 0)), acc, is_async=True)
+        if W_FIRST:
+            acc = warpgroup_mma(w_buf, x_ring.index(i % STAGES).permute((1, 0)), acc, is_async=True)
+        else:
+            acc = warpgroup_mma(x_ring.index(i % STAGES), w_buf.permute((1, 0)), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
 
-    o_rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma_layout))
-    o_cols = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))
-    o_mask = (o_rows[:, None] < M) & (o_cols[None, :] < N)
+    if W_FIRST:  # acc[n, m]: output rows along its second axis
+        o_rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma_layout))[None, :]
+        o_cols = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma_layout))[:, None]
+    else:
+        o_rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma_layout))[:, None]
+        o_cols = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_layout))[None, :]
+    o_mask = (o_rows < M) & (o_cols < N)
     if USE_SPLIT_K:
-        partial_ptrs = workspace_ptr + o_rows[:, None] * N + o_cols[None, :]
+        partial_ptrs = workspace_ptr + o_rows * N + o_cols
         gl.atomic_add(partial_ptrs, acc, mask=o_mask, sem="relaxed")  # ordered by the ticket
         _barrier()  # every thread's partial sum is in before the ticket is taken
         ticket_ptr = tickets_ptr + pid_m * gl.num_programs(0) + pid_n
         if gl.atomic_add(ticket_ptr, 1) == split_k - 1:  # the last split: read the sums, leave zeros
-            zero = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=mma_layout)
+            zero = gl.zeros_like(acc)
             total = gl.atomic_add(partial_ptrs, zero, mask=o_mask)  # a coherent read
             gl.store(partial_ptrs, zero, mask=o_mask)
             gl.atomic_xchg(ticket_ptr, 0)
@@ -244,10 +265,11 @@ def awq_hopper_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_
 
 @gluon.jit
 def _store_output(total, rows, cols, mask, out_ptr, bias_ptr, stride_om, N, HAS_BIAS: gl.constexpr):
-    """Write the finished sums (bias added) at ``out [rows, cols]``, in the output's dtype."""
+    """Write the finished sums (bias added) at ``out [rows, cols]`` (index tensors broadcasting
+    against ``total``), in the output's dtype."""
     if HAS_BIAS:
-        total += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)[None, :]
-    gl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], total.to(out_ptr.dtype.element_ty), mask=mask)
+        total += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+    gl.store(out_ptr + rows * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
@@ -277,5 +299,5 @@ def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tens
     awq_hopper_kernel[grid](x, qweight, qzeros, scales, out if bias is None else bias, out, workspace, tickets,
                             M, N, K, k_iters, split_k, x.stride(0), qweight.stride(0), qzeros.stride(0),
                             scales.stride(0), out.stride(0), group_size, cfg.block_m, cfg.block_n, cfg.block_k,
-                            cfg.ahead, split_k > 1, bias is not None, num_warps=cfg.num_warps)
+                            cfg.ahead, split_k > 1, bias is not None, cfg.w_first, num_warps=cfg.num_warps)
     return out
