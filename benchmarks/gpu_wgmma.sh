@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On an sm_90 GPU (H100, H200), in one go, the Gluon wgmma tile (kernels/hopper.py): its GPU tests,
-# its correctness and times beside fp16 cuBLAS and the current dispatch at M = 16..4096 (fp16),
-# the sweep that ships the tiles that beat the dispatch at M = 32..256 into this GPU's measured
-# tiles, and the kernel table at M = 16..4096 in fp16 and bf16 with every peer. Each step writes
+# its correctness and times beside fp16 cuBLAS and the current dispatch at M = 8..4096 (fp16),
+# the sweep that ships the tiles that beat the dispatch at M = 8..4096 into this GPU's measured
+# tiles, and the kernel table at M = 8..4096 in fp16 and bf16 with every peer. Each step writes
 # under OUT and is skipped once the time budget (default 560 s) is spent. In 10-minute calls:
 # "tests tiles sweep" in one (~7 min, most of it compiling), "after" in the next (~4 min).
 #   bash benchmarks/gpu_wgmma.sh OUT [SECONDS] [tests] [tiles] [sweep] [after]   # default: all

@@ -4,7 +4,7 @@ beside fp16 cuBLAS and this library's current dispatch (``awq_linear``, GEMV lay
     python -m benchmarks.hopper_tiles --out /tmp/hopper [--shapes two] [--ms 16 32 ... 4096]
     python -m benchmarks.hopper_tiles --out /tmp/hopper --sweep [--ship] [--shapes all]
 
-``--sweep``: at each M bucket from 8 to 256, every tile of ``benchmarks.kernels.wgmma_sweep_configs``
+``--sweep``: at each M bucket from 8 to 4096, every tile of ``benchmarks.kernels.wgmma_sweep_configs``
 against what the dispatch runs now (the incumbent: the tuned tile or dequantize + cuBLAS); where
 the best wgmma tile wins, it goes into the measured tiles with ``path: "wgmma"`` (the user's
 overlay, or with ``--ship`` the package's file for this GPU model) and ``auto`` takes it from the
@@ -127,7 +127,7 @@ def sweep(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
     for k, n in SHAPE_SETS[args.shapes]:
         copies = copies_to_evict_l2(packed_bytes(k, n, args.group))
         packs = [L.pack(*make_layer(k, n, args.group, seed), args.group, "gemv") for seed in range(copies)]
-        for m in (8, 16, 32, 64, 128, 256):
+        for m in (8, 16, 32, 64, 128, 256, 1024, 4096):
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             incumbent = time_graph([lambda p=p: awq_linear(x, p, None) for p in packs], reps=10, warmup=2).median_us
             timed: dict[str, float] = {}
@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--ms", type=int, nargs="+", default=MS)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--skip-check", action="store_true")
-    parser.add_argument("--sweep", action="store_true", help="tune the wgmma tiles at M = 32..256 (see above)")
+    parser.add_argument("--sweep", action="store_true", help="tune the wgmma tiles at M = 8..4096 (see above)")
     parser.add_argument("--ship", action="store_true", help="with --sweep: into the package's file for this GPU")
     parser.add_argument("--group", type=int, default=128)
     args = parser.parse_args()

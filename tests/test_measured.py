@@ -167,6 +167,27 @@ def test_a_measured_wgmma_tile_routes_its_shape_to_the_wgmma_path_only() -> None
     assert plan.decide(cuda, "gemv", 12, 11008, 4096, 128, path="gemv")[1].block_m == 16  # the heuristic tile
 
 
+def test_prefill_takes_a_wgmma_tile_only_from_a_prefill_bucket() -> None:
+    """M >= 1024 looks up the 1024 and 4096 buckets; a wgmma tile timed at M = 256 still serves
+    M = 257..1023 as bucket 256 always did, but not prefill, which stays on dequantize + cuBLAS
+    unless a prefill bucket says wgmma."""
+    cuda = torch.device("cuda")
+    key = ("gemv", 4096, 11008, 128)
+    at_256 = TunedEntry(HopperConfig(128, 128, 64, 2, 8).as_matmul(), "wgmma")
+    plan = DispatchPlan(tiles={(*key, 256): at_256}, multiprocessors=132, wgmma_capable=True)
+    assert plan.decide(cuda, "gemv", 600, 11008, 4096, 128) == ("wgmma", at_256.config)
+    assert plan.decide(cuda, "gemv", 2048, 11008, 4096, 128)[0] == "dequant"
+    at_4096 = TunedEntry(HopperConfig(128, 256, 64, 3, 8).as_matmul(), "wgmma")
+    plan = DispatchPlan(tiles={(*key, 256): at_256, (*key, 4096): at_4096}, multiprocessors=132, wgmma_capable=True)
+    assert plan.decide(cuda, "gemv", 2048, 11008, 4096, 128) == ("wgmma", at_4096.config)
+    assert plan.decide(cuda, "gemv", 9000, 11008, 4096, 128) == ("wgmma", at_4096.config)
+    tl_dot = TunedEntry(MatmulConfig(64, 128, 64, 1, 4, 3), "gemm")
+    old = DispatchPlan(tiles={(*key, 256): tl_dot})  # a table without prefill buckets: as before
+    assert old.decide(cuda, "gemv", 300, 11008, 4096, 128) == ("gemm", tl_dot.config)
+    assert old.decide(cuda, "gemv", 2048, 11008, 4096, 128)[0] == "dequant"
+    assert old.config_for("gemm", "gemv", 2048, 11008, 4096, 128) == tl_dot.config
+
+
 def test_wgmma_tiles_are_read_for_the_gemv_layout_only(tmp_path: Path) -> None:
     good = {"layout": "gemv", "K": 4096, "N": 11008, "G": 128, "M": 64, "path": "wgmma",
             "config": dataclasses.asdict(HopperConfig(64, 128, 64, 2, 4, 2).as_matmul())}

@@ -10,8 +10,8 @@ gemm       fused kernel, ``tl.dot`` tiles (split-K      16 < M < 256 (batched de
 dequant    Triton dequantize to fp16 or bf16 (in        M >= 256 (prefill)
            L2-sized column chunks where that helps),
            cuBLAS
-wgmma      the Gluon wgmma tile (``hopper.py``: GEMV    where a GPU's measured table says so
-           layout, sm_90), x and words by cp.async,     (M < 1024); never by default
+wgmma      the Gluon wgmma tile (``hopper.py``: GEMV    where a GPU's measured table says so;
+           layout, sm_90), x and words by cp.async,     never by default
            the MMA of one K step overlapping the
            decode of the next
 torch      plain torch dequantize + matmul              no GPU (and no ``TRITON_INTERPRET``)
@@ -21,7 +21,8 @@ The thresholds live in :class:`DispatchPolicy`, and a :class:`DispatchPlan` (one
 at selection from the measured facts of that GPU: :mod:`awq_kernel_select.measured`) holds them
 with the tiles measured best per shape. Where the plan has an entry for the shape, its tile
 configuration is used, and for 16 < M < 1024 its measured choice between the fused kernels and
-dequantize + cuBLAS.
+dequantize + cuBLAS; an entry that says ``wgmma`` is taken at any M, for M >= 1024 only from the
+prefill buckets (1024, 4096).
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> M
     return MatmulConfig(block_m, 128, block_k, 1, 8 if block_m == 128 else 4, 3)
 
 
-M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # the M each tile entry was tuned at; a call uses the next one up
+#: the M each tile entry was tuned at; a call uses the next one up (1024 and 4096: prefill)
+M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 TableKey = tuple[str, int, int, int, int]  # layout, K, N, group size, M bucket
 
 
@@ -189,14 +191,16 @@ class DispatchPlan:
         self._decided.clear()
 
     def tuned_entry(self, layout: str, m: int, n: int, k: int, g: int, bf16: bool = False) -> TunedEntry | None:
-        """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not).
+        """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not),
+        else for M > 256 the bucket-256 entry (tables without prefill buckets serve all large M
+        from it).
 
         The sweeps time fp16 x. With ``bf16`` x at M = 4 the four-token FMA tiles are passed over:
         their bf16 pair sums take ~40% more instructions per weight than fp16's, and on the H100
         the 16-row ``tl.dot`` tile of the next bucket was 9-10% faster (docs/kernels.md). At
         M = 3 the tile dots three tokens, a sixth fewer instructions, and bf16 keeps it."""
         bucket = m_bucket(m)
-        for b in M_BUCKETS[M_BUCKETS.index(bucket):]:
+        for b in (*M_BUCKETS[M_BUCKETS.index(bucket):], *((256,) if m > 256 else ())):
             if (b <= 16) != (bucket <= 16):
                 break
             found = self.tiles.get((layout, k, n, g, b))
@@ -229,11 +233,18 @@ class DispatchPlan:
         if found is not None:
             return found
         chosen = choose_path(m, device, self.policy) if path == "auto" else path
-        if path == "auto" and chosen != "torch" and m < self.policy.dequant_min_tokens * 4:
-            # what this GPU measured for this shape decides: above M = 16 between the fused
-            # kernels and dequantize + cuBLAS, at any M for the wgmma tile
+        if path == "auto" and chosen != "torch":
+            # what this GPU measured for this shape decides: above M = 16 and below the prefill
+            # buckets between the fused kernels and dequantize + cuBLAS; the wgmma tile wherever
+            # it was measured at this M's bucket or the next one up (for M >= 1024 only there:
+            # a tile timed at M = 256 says nothing of prefill)
             entry = self.tuned_entry(layout, m, n, k, g, bf16)
-            if entry is not None and entry.path is not None and (chosen != "gemv" or entry.path == "wgmma"):
+            prefill = m >= self.policy.dequant_min_tokens * 4
+            if entry is not None and entry.path == "wgmma" and prefill and not any(
+                    self.tiles.get((layout, k, n, g, b)) is entry for b in M_BUCKETS if b >= m_bucket(m)):
+                entry = None
+            if entry is not None and entry.path is not None and (
+                    entry.path == "wgmma" or chosen != "gemv" and not prefill):
                 chosen = entry.path
         decided = (chosen, self.config_for(chosen if chosen in ("gemv", "wgmma") else "gemm", layout, m, n, k, g,
                                            bf16))
