@@ -27,6 +27,7 @@ import torch
 import triton
 from triton.experimental import gluon
 
+from .launch import launch
 from .matmul import MatmulConfig, _workspace
 from .scratch import current_stream
 from triton.experimental.gluon import language as gl
@@ -296,8 +297,9 @@ def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tens
         workspace, tickets = _workspace(x.device, current_stream(x.device), max(M, 16), N, grid[0] * grid[1])
     else:
         workspace, tickets = out, out  # unused
-    awq_hopper_kernel[grid](x, qweight, qzeros, scales, out if bias is None else bias, out, workspace, tickets,
-                            M, N, K, k_iters, split_k, x.stride(0), qweight.stride(0), qzeros.stride(0),
-                            scales.stride(0), out.stride(0), group_size, cfg.block_m, cfg.block_n, cfg.block_k,
-                            cfg.ahead, split_k > 1, bias is not None, cfg.w_first, num_warps=cfg.num_warps)
+    args = (x, qweight, qzeros, scales, out if bias is None else bias, out, workspace, tickets, M, N, K, k_iters,
+            split_k, x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0))
+    meta = dict(GROUP_SIZE=group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                AHEAD=cfg.ahead, USE_SPLIT_K=split_k > 1, HAS_BIAS=bias is not None, W_FIRST=cfg.w_first)
+    launch(awq_hopper_kernel, grid, args, meta, cfg.num_warps, 1)  # eager calls skip Triton's binder
     return out
