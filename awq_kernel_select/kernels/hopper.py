@@ -1,17 +1,18 @@
-"""A Hopper tensor-core tile for many tokens (batched decode, prefill), written in Gluon.
+"""A Hopper tensor-core tile for several to many tokens (batched decode, prefill), in Gluon.
 
-``out = x @ W^T`` from the GEMV layout's words (``qweight [N, K/8]``), for M >= 16 on sm_90.
-The ``tl.dot`` tiles of ``matmul.py`` run each K step as one serial chain (load, decode, store
-to shared memory, fence, barrier, wgmma, wait), and nothing overlaps the MMA of one step with
-the decode of the next. Gluon lets the kernel say what Triton's pipeliner does not:
+``out = x @ W^T + bias`` from the GEMV layout's words (``qweight [N, K/8]``) on sm_90, x in
+fp16 or bf16. The ``tl.dot`` tiles of ``matmul.py`` run each K step as one serial chain (load,
+decode, store to shared memory, fence, barrier, wgmma, wait), and nothing overlaps the MMA of
+one step with the decode of the next. Gluon lets the kernel say what Triton's pipeliner does not:
 
 * x and the packed words go to shared memory by ``cp.async``, ``AHEAD`` steps in advance, in a
   ring of ``STAGES`` buffers;
-* each step decodes its words from shared memory in registers (``_dequant8``: four PRMT/LOP3/
-  HFMA2/HMUL2 chains per word, ``(q - z) * s`` rounded once as AutoAWQ does) and stores the
-  fp16 tile to one of two shared buffers;
-* the wgmma (x from shared memory as A, the decoded ``W^T`` as B) is issued asynchronously and
-  waited for one step later, so the tensor cores work while the next step decodes.
+* each step decodes its words from shared memory in registers (``_dequant8``: four
+  PRMT/LOP3/HSUB2/HMUL2 chains per word, ``(q - z) * s`` rounded once as AutoAWQ does) and
+  stores the tile to one of two shared buffers;
+* the wgmma (x from shared memory as A, the decoded ``W^T`` as B; with ``W_FIRST`` the other
+  way round, ``out^T = W @ x^T``, for few tokens) is issued asynchronously and waited for one
+  step later, so the tensor cores work while the next step decodes.
 
 Shared buffers are reused only once every warp group has waited for the wgmma that read them:
 a barrier at the top of each step follows every warp group's ``warpgroup_mma_wait(1)``.
@@ -26,13 +27,13 @@ from dataclasses import dataclass
 import torch
 import triton
 from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from .launch import launch
 from .matmul import MatmulConfig, _workspace
 from .scratch import current_stream
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 # Names that changed after Triton 3.6 (the GPU stack): cp.async into shared memory, the CTA barrier
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
