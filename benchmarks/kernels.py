@@ -83,7 +83,7 @@ CONTENDERS: dict[str, Callable[..., Any]] = {
     "gemlite": peers.gemlite,
     "autoawq": peers.autoawq,
 }
-FORCED_RANGE = {"gemv": (1, 64), "gemm": (2, 4096), "dequant": (16, 4096), "wgmma": (16, 4096)}
+FORCED_RANGE = {"gemv": (1, 64), "gemm": (2, 4096), "dequant": (16, 4096), "wgmma": (8, 4096)}
 
 
 def run_table(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
