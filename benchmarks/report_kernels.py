@@ -8,7 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-SHOWN = ["ours_gemv_layout", "ours_gemv_layout_pdl", "ours_gemm_layout", "tinygemm", "gemlite", "autoawq"]
+SHOWN = ["ours_gemv_layout", "ours_gemv_layout_pdl", "ours_gemv_layout:wgmma", "ours_gemm_layout", "tinygemm", "gemlite",
+         "autoawq"]
 
 
 def _shown(result: dict[str, Any]) -> list[str]:
