@@ -9,14 +9,8 @@
 #   bash benchmarks/gpu_four_tokens.sh OUT [SECONDS] [tests] [ab] [before] [sweep] [after]  # default: all
 #   git archive BASE awq_kernel_select | tar -x -C /tmp/base; AKS_AB_OTHER=/tmp/base bash ...   # for "ab"
 set -uo pipefail
-out=${1:?usage: gpu_four_tokens.sh OUT [SECONDS] [STEP...]}
-budget=${2:-540}
-steps=" ${*:3} "
-[[ $steps == "  " ]] && steps=" tests ab before sweep after "
-mkdir -p "$out"
-SECONDS=0
-
-source "$(dirname "$0")/steps.sh"  # step NAME MAX_SECONDS COMMAND...
+source "$(dirname "$0")/steps.sh"  # steps_init, step NAME MAX_SECONDS COMMAND...
+steps_init gpu_four_tokens.sh 540 "tests ab before sweep after" "$@"
 
 two=(--shapes two --reps 10)
 step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernel_tiles.py \

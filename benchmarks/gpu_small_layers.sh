@@ -10,14 +10,8 @@
 # the same machine (the overlay stays in ~/.cache while it is up).
 #   bash benchmarks/gpu_small_layers.sh OUT [SECONDS] [sweep] [sweep4] [table] [bench]   # default: all
 set -uo pipefail
-out=${1:?usage: gpu_small_layers.sh OUT [SECONDS] [STEP...]}
-budget=${2:-540}
-steps=" ${*:3} "
-[[ $steps == "  " ]] && steps=" sweep sweep4 table bench "
-mkdir -p "$out"
-SECONDS=0
-
-source "$(dirname "$0")/steps.sh"  # step NAME MAX_SECONDS COMMAND...
+source "$(dirname "$0")/steps.sh"  # steps_init, step NAME MAX_SECONDS COMMAND...
+steps_init gpu_small_layers.sh 540 "sweep sweep4 table bench" "$@"
 
 small=(--shapes smollm2 --group 64)
 step sweep 520 python3 -m benchmarks.kernels --sweep "${small[@]}" --layouts gemv gemm --sweep-ms 1 --quick-sweep \

@@ -8,14 +8,8 @@
 #   bash benchmarks/gpu_wgmma.sh OUT [SECONDS] [tests] [tiles] [sweep] [after]   # default: all
 #   AKS_WGMMA_SHAPES=two bash benchmarks/gpu_wgmma.sh ...   # the sweep's shapes (default: all)
 set -uo pipefail
-out=${1:?usage: gpu_wgmma.sh OUT [SECONDS] [STEP...]}
-budget=${2:-560}
-steps=" ${*:3} "
-[[ $steps == "  " ]] && steps=" tests tiles sweep after "
-mkdir -p "$out"
-SECONDS=0
-
-source "$(dirname "$0")/steps.sh"  # step NAME MAX_SECONDS COMMAND...
+source "$(dirname "$0")/steps.sh"  # steps_init, step NAME MAX_SECONDS COMMAND...
+steps_init gpu_wgmma.sh 560 "tests tiles sweep after" "$@"
 
 step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k wgmma
 tail -n 2 "$out/tests.log" 2>/dev/null; echo
