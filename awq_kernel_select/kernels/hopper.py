@@ -25,14 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from .launch import launch
-from .matmul import MatmulConfig, _workspace
+from .matmul import MatmulConfig, _cdiv, _workspace, split_k_iters
 from .scratch import current_stream
 
 # Names that changed after Triton 3.6 (the GPU stack): cp.async into shared memory, the CTA barrier
@@ -290,10 +289,8 @@ def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tens
         raise ValueError(f"K = {K} is not a multiple of block_k = {cfg.block_k}")
     x = x.contiguous()
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    steps = K // cfg.block_k
-    k_iters = -(-steps // cfg.split_k)
-    split_k = -(-steps // k_iters)  # no empty splits
-    grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, cfg.block_m), split_k)
+    k_iters, split_k = split_k_iters(K // cfg.block_k, cfg.split_k)
+    grid = (_cdiv(N, cfg.block_n), _cdiv(M, cfg.block_m), split_k)
     if split_k > 1:
         workspace, tickets = _workspace(x.device, current_stream(x.device), max(M, 16), N, grid[0] * grid[1])
     else:

@@ -681,13 +681,18 @@ def _cdiv(a: int, b: int) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
+def split_k_iters(k_tiles: int, split_k: int) -> tuple[int, int]:
+    """K tiles per split and the number of splits that ``split_k`` asks for, with no empty split."""
+    k_iters = _cdiv(k_tiles, split_k)
+    return k_iters, _cdiv(k_tiles, k_iters)
+
+
 def _geometry(cfg: MatmulConfig, gemv_layout: bool, group_size: int, M: int, N: int, K: int
               ) -> tuple[tuple[int, int, int], int, int]:
     """The grid (``(k, m, n)`` with ``interleave_k``, else ``(m, n, k)``), the K iterations per
     split and the number of splits; checks the config (a failure is not cached)."""
     cfg.check(gemv_layout, group_size)
-    k_iters = _cdiv(_cdiv(K, cfg.block_k), cfg.split_k)
-    split_k = _cdiv(_cdiv(K, cfg.block_k), k_iters)  # no empty splits
+    k_iters, split_k = split_k_iters(_cdiv(K, cfg.block_k), cfg.split_k)
     m_blocks, n_blocks = _cdiv(M, cfg.block_m), _cdiv(N, cfg.block_n)
     grid = (split_k, m_blocks, n_blocks) if cfg.interleave_k else (m_blocks, n_blocks, split_k)
     if max(grid[1:]) > 65535:  # CUDA's limit on a grid's 2nd and 3rd dimensions
