@@ -128,14 +128,12 @@ def wgmma_config(m: int, n: int, k: int, group_size: int, sm_count: int) -> Matm
     to 16 where the output tiles alone leave SMs idle. (A starting point: only the tuned tables
     route to this path.)"""
     block_k = min(group_size, 64)
-    if m <= 64:
-        block_m = max(8, 1 << (m - 1).bit_length())
-        tiles = -(-n // 128) * -(-m // block_m)
-        split = _split_k(2 * sm_count, tiles, k // block_k, 16)
-        return HopperConfig(block_m, 128, block_k, 2, 4, split, w_first=True).as_matmul()
-    block_m, warps = (64, 4) if m < 128 else (128, 8)
-    tiles = -(-n // 128) * -(-m // block_m)
-    return HopperConfig(block_m, 128, block_k, 2, warps, _split_k(sm_count, tiles, k // block_k, 8)).as_matmul()
+    if m <= 64:  # w_first; tiles are few: split over twice the SMs, up to 16 ways
+        block_m, warps, programs, most = max(8, 1 << (m - 1).bit_length()), 4, 2 * sm_count, 16
+    else:
+        block_m, warps, programs, most = (64, 4, sm_count, 8) if m < 128 else (128, 8, sm_count, 8)
+    split = _split_k(programs, -(-n // 128) * -(-m // block_m), k // block_k, most)
+    return HopperConfig(block_m, 128, block_k, 2, warps, split, w_first=m <= 64).as_matmul()
 
 
 def gemm_config(m: int, n: int, k: int, group_size: int, gemv_layout: bool) -> MatmulConfig:
@@ -190,17 +188,18 @@ class DispatchPlan:
         does this to try tiles inside a compiled model without recompiling it."""
         self._decided.clear()
 
-    def tuned_entry(self, layout: str, m: int, n: int, k: int, g: int, bf16: bool = False) -> TunedEntry | None:
+    def tuned_entry(self, layout: str, m: int, n: int, k: int, g: int, bf16: bool = False,
+                    below: bool = True) -> TunedEntry | None:
         """The entry of M's bucket, else of the next bucket up in the same regime (M <= 16 or not),
-        else for M > 256 the bucket-256 entry (tables without prefill buckets serve all large M
-        from it).
+        else for M > 256 (with ``below``) the bucket-256 entry: tables without prefill buckets
+        serve all large M from it.
 
         The sweeps time fp16 x. With ``bf16`` x at M = 4 the four-token FMA tiles are passed over:
         their bf16 pair sums take ~40% more instructions per weight than fp16's, and on the H100
         the 16-row ``tl.dot`` tile of the next bucket was 9-10% faster (docs/kernels.md). At
         M = 3 the tile dots three tokens, a sixth fewer instructions, and bf16 keeps it."""
         bucket = m_bucket(m)
-        for b in (*M_BUCKETS[M_BUCKETS.index(bucket):], *((256,) if m > 256 else ())):
+        for b in (*M_BUCKETS[M_BUCKETS.index(bucket):], *((256,) if m > 256 and below else ())):
             if (b <= 16) != (bucket <= 16):
                 break
             found = self.tiles.get((layout, k, n, g, b))
@@ -238,11 +237,8 @@ class DispatchPlan:
             # buckets between the fused kernels and dequantize + cuBLAS; the wgmma tile wherever
             # it was measured at this M's bucket or the next one up (for M >= 1024 only there:
             # a tile timed at M = 256 says nothing of prefill)
-            entry = self.tuned_entry(layout, m, n, k, g, bf16)
             prefill = m >= self.policy.dequant_min_tokens * 4
-            if entry is not None and entry.path == "wgmma" and prefill and not any(
-                    self.tiles.get((layout, k, n, g, b)) is entry for b in M_BUCKETS if b >= m_bucket(m)):
-                entry = None
+            entry = self.tuned_entry(layout, m, n, k, g, bf16, below=not prefill)
             if entry is not None and entry.path is not None and (
                     entry.path == "wgmma" or chosen != "gemv" and not prefill):
                 chosen = entry.path
