@@ -81,13 +81,17 @@ def _longest_loop(cubin: bytes) -> tuple[int, collections.Counter[str]]:
         m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
         if m and labels.get(m.group(1), i) < i and i + 1 - labels[m.group(1)] > len(body):
             body = lines[labels[m.group(1)]:i + 1]
-    ops = collections.Counter(m.group(2) for line in body
+    ops = collections.Counter(_opcode(m.group(2), line) for line in body
                               if (m := re.match(r"\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?([A-Z0-9_]+)", line)))
-    # how many wgmma groups a wait leaves in flight: "WARPGROUP.DEPBAR.LE gsb0, 0x1" -> wgmma_wait_1
-    ops.update(f"wgmma_wait_{int(m.group(1), 16)}" for line in body
-               if (m := re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", line)))
     registers = re.search(r"REG:(\d+)", usage)
     return int(registers.group(1)) if registers else -1, ops
+
+
+def _opcode(name: str, line: str) -> str:
+    """An instruction's opcode; a wgmma wait by how many wgmma groups it leaves in flight
+    ("WARPGROUP.DEPBAR.LE gsb0, 0x1" -> WGMMA_WAIT_1)."""
+    wait = re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", line)
+    return f"WGMMA_WAIT_{int(wait.group(1), 16)}" if wait else name
 
 
 def hopper_loop_counts(cfg: hopper.HopperConfig, dtype: str = "fp16") -> tuple[int, collections.Counter[str]]:
@@ -95,8 +99,8 @@ def hopper_loop_counts(cfg: hopper.HopperConfig, dtype: str = "fp16") -> tuple[i
     consts = dict(GROUP_SIZE=128, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, AHEAD=cfg.ahead,
                   USE_SPLIT_K=cfg.split_k > 1, HAS_BIAS=False, W_FIRST=cfg.w_first)
     signature = dict(x_ptr=f"*{dtype}", qweight_ptr="*i32", qzeros_ptr="*i32", scales_ptr="*fp16",
-                     bias_ptr=f"*{dtype}", out_ptr=f"*{dtype}", workspace_ptr="*fp32", tickets_ptr="*i32", M="i32", N="i32", K="i32",
-                     k_iters_per_split="i32", split_k="i32", stride_xm="i32", stride_qweight="i32",
+                     bias_ptr=f"*{dtype}", out_ptr=f"*{dtype}", workspace_ptr="*fp32", tickets_ptr="*i32",
+                     M="i32", N="i32", K="i32", k_iters_per_split="i32", split_k="i32", stride_xm="i32", stride_qweight="i32",
                      stride_qzeros="i32", stride_scales="i32", stride_om="i32",
                      **{name: "constexpr" for name in consts})
     aligned = (0, 1, 2, 3, 4, 5, 6, 7, 10, 12, 13, 14, 15, 16, 17)  # pointers, K and strides
@@ -146,18 +150,19 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for layout, cfg, *dotted in TILES:
         tokens = dotted[0] if dotted else None
-        registers, ops = loop_counts(layout, cfg, not args.no_ptx, args.dtype, tokens)
-        weights = cfg.block_n * cfg.block_k / (32 * cfg.num_warps)  # per thread and iteration (all tokens)
-        total = sum(n for op, n in ops.items() if op.isupper())
-        top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))
         tile = f"{cfg} ({tokens} tokens)" if tokens else str(cfg)
-        print(f"| {layout} | {tile} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)
-    for hcfg in HOPPER_TILES:  # per weight: all of the tile's tokens
-        registers, ops = hopper_loop_counts(hcfg, args.dtype)
-        weights = hcfg.block_n * hcfg.block_k / (32 * hcfg.num_warps)
-        total = sum(n for op, n in ops.items() if op.isupper())
-        top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))
-        print(f"| gemv (wgmma) | {hcfg} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)
+        _print_row(layout, tile, cfg.block_n * cfg.block_k / (32 * cfg.num_warps),
+                   *loop_counts(layout, cfg, not args.no_ptx, args.dtype, tokens))
+    for hcfg in HOPPER_TILES:
+        _print_row("gemv (wgmma)", str(hcfg), hcfg.block_n * hcfg.block_k / (32 * hcfg.num_warps),
+                   *hopper_loop_counts(hcfg, args.dtype))
+
+
+def _print_row(layout: str, tile: str, weights: float, registers: int, ops: collections.Counter[str]) -> None:
+    """One table row; ``weights``: per thread and iteration, all of the tile's tokens."""
+    total = sum(ops.values())
+    top = " ".join(f"{op}:{n}" for op, n in ops.most_common(6))
+    print(f"| {layout} | {tile} | {registers} | {total} | {total / weights:.2f} | {top} |", flush=True)
 
 
 if __name__ == "__main__":
