@@ -4,7 +4,7 @@ beside fp16 cuBLAS and this library's current dispatch (``awq_linear``, GEMV lay
     python -m benchmarks.hopper_tiles --out /tmp/hopper [--shapes two] [--ms 16 32 ... 4096]
     python -m benchmarks.hopper_tiles --out /tmp/hopper --sweep [--ship] [--shapes all]
 
-``--sweep``: at each M bucket from 8 to 4096, every tile of ``benchmarks.kernels.wgmma_sweep_configs``
+``--sweep``: at each M bucket from 8 to 4096 (``--ms``), every tile of ``benchmarks.kernels.wgmma_sweep_configs``
 against what the dispatch runs now (the incumbent: the tuned tile or dequantize + cuBLAS); where
 the best wgmma tile wins, it goes into the measured tiles with ``path: "wgmma"`` (the user's
 overlay, or with ``--ship`` the package's file for this GPU model) and ``auto`` takes it from the
@@ -24,7 +24,7 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -32,6 +32,8 @@ from awq_kernel_select import layouts as L
 from awq_kernel_select.bench.timing import copies_to_evict_l2, copy_bandwidth, time_graph
 from awq_kernel_select.kernels import awq_linear
 from awq_kernel_select.kernels.hopper import HopperConfig, awq_hopper_matmul
+from awq_kernel_select.kernels.matmul import MatmulConfig
+from benchmarks import peers
 from benchmarks.kernels import SHAPE_SETS, make_layer, packed_bytes, rel_err, wgmma_sweep_configs
 
 # the table's tiles: w_first ones for few tokens (their M side padded to 16 or 32), then the
@@ -49,8 +51,9 @@ def fits(cfg: HopperConfig, m: int) -> bool:
     return m > cfg.block_m // 2
 
 
-def hopper_op(packed: L.PackedWeights, cfg: HopperConfig):  # type: ignore[no-untyped-def]
-    return lambda x: awq_hopper_matmul(x, packed.qweight, packed.qzeros, packed.scales, packed.group_size, cfg)
+def hopper_op(packed: L.PackedWeights, cfg: HopperConfig,
+              bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: awq_hopper_matmul(x, packed.qweight, packed.qzeros, packed.scales, packed.group_size, cfg, bias)
 
 
 def check(out_dir: Path) -> list[dict[str, Any]]:
@@ -71,8 +74,7 @@ def check(out_dir: Path) -> list[dict[str, Any]]:
         bias = torch.randn(n, device="cuda", dtype=torch.float16)
         x = torch.randn(40, k, device="cuda", dtype=torch.float16)
         for cfg in (TILES[2], TILES[6]):  # w_first and not, both split
-            err = rel_err(awq_hopper_matmul(x, packed.qweight, packed.qzeros, packed.scales, g, cfg, bias),
-                          x.double() @ ref_w.t() + bias.double())
+            err = rel_err(hopper_op(packed, cfg, bias)(x), x.double() @ ref_w.t() + bias.double())
             rows.append({"K": k, "N": n, "G": g, "M": 40, "tile": str(cfg), "bias": True, "rel_err": err})
             print(f"check {k}x{n} g{g} M=40 with bias {cfg}: {err:.2e}", flush=True)
     (out_dir / "check.json").write_text(json.dumps(rows, indent=1))
@@ -86,13 +88,12 @@ def table(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
         copies = copies_to_evict_l2(packed_bytes(k, n, 128))
         layers = [make_layer(k, n, 128, seed) for seed in range(copies)]
         packs = [L.pack(*layer, 128, "gemv") for layer in layers]
-        dense = [L.dequantize(L.pack(*layer, 128, "gemm"), torch.float16).contiguous()
-                 for layer in layers[: copies_to_evict_l2(k * n * 2)]]
+        dense = [peers.dense_linear(*layer, 128, torch.float16) for layer in layers[: copies_to_evict_l2(k * n * 2)]]
         floor = packed_bytes(k, n, 128) / bandwidth * 1e6
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             ops: dict[str, list[Any]] = {
-                "fp16": [lambda w=w: torch.nn.functional.linear(x, w) for w in dense],
+                "fp16": [lambda op=op: op(x) for op in dense],
                 "ours_auto": [lambda p=p: awq_linear(x, p, None) for p in packs]}
             for cfg in TILES:
                 if fits(cfg, m):
@@ -127,13 +128,13 @@ def sweep(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
     for k, n in SHAPE_SETS[args.shapes]:
         copies = copies_to_evict_l2(packed_bytes(k, n, args.group))
         packs = [L.pack(*make_layer(k, n, args.group, seed), args.group, "gemv") for seed in range(copies)]
-        for m in (8, 16, 32, 64, 128, 256, 1024, 4096):
+        for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             incumbent = time_graph([lambda p=p: awq_linear(x, p, None) for p in packs], reps=10, warmup=2).median_us
-            timed: dict[str, float] = {}
+            timed: dict[MatmulConfig, float] = {}
             for cfg in wgmma_sweep_configs(m, args.group):
                 try:
-                    timed[str(HopperConfig.from_matmul(cfg))] = time_graph(
+                    timed[cfg] = time_graph(
                         [lambda p=p, c=cfg: awq_linear(x, p, None, path="wgmma", config=c) for p in packs],
                         reps=10, warmup=2).median_us
                 except Exception as exc:  # a tile failing at one shape is reported, not fatal
@@ -141,14 +142,14 @@ def sweep(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
             if not timed:
                 continue
             best = min(timed, key=timed.__getitem__)
-            line = {"K": k, "N": n, "M": m, "incumbent_us": incumbent, "best": best, "best_us": timed[best],
-                    "top": sorted(timed.items(), key=lambda kv: kv[1])[:4]}
+            top = sorted(timed.items(), key=lambda kv: kv[1])[:4]
+            line = {"K": k, "N": n, "M": m, "incumbent_us": incumbent, "best": str(HopperConfig.from_matmul(best)),
+                    "best_us": timed[best], "top": [(str(HopperConfig.from_matmul(c)), t) for c, t in top]}
             rows.append(line)
             print(json.dumps(line), flush=True)
             if timed[best] < incumbent:
-                cfg = next(c for c in wgmma_sweep_configs(m, args.group) if str(HopperConfig.from_matmul(c)) == best)
                 entries.append({"layout": "gemv", "K": k, "N": n, "G": args.group, "M": m, "us": round(timed[best], 2),
-                                "path": "wgmma", "config": dataclasses.asdict(cfg)})
+                                "path": "wgmma", "config": dataclasses.asdict(best)})
         (out_dir / "sweep.json").write_text(json.dumps(rows, indent=1))
         if entries:  # after every shape, so that partial results survive
             save_measurement(gpu.name, (gpu.capability.major, gpu.capability.minor),
