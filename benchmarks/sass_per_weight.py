@@ -98,13 +98,10 @@ def hopper_loop_counts(cfg: hopper.HopperConfig, dtype: str = "fp16") -> tuple[i
     """``loop_counts`` for the Gluon wgmma tile (``kernels/hopper.py``), with split-K."""
     consts = dict(GROUP_SIZE=128, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, AHEAD=cfg.ahead,
                   USE_SPLIT_K=cfg.split_k > 1, HAS_BIAS=False, W_FIRST=cfg.w_first)
-    signature = dict(x_ptr=f"*{dtype}", qweight_ptr="*i32", qzeros_ptr="*i32", scales_ptr="*fp16",
-                     bias_ptr=f"*{dtype}", out_ptr=f"*{dtype}", workspace_ptr="*fp32", tickets_ptr="*i32",
-                     M="i32", N="i32", K="i32", k_iters_per_split="i32", split_k="i32", stride_xm="i32", stride_qweight="i32",
-                     stride_qzeros="i32", stride_scales="i32", stride_om="i32",
+    # the same arguments as the Triton kernels', in the same order
+    signature = dict(SIGNATURE, x_ptr=f"*{dtype}", out_ptr=f"*{dtype}", bias_ptr=f"*{dtype}",
                      **{name: "constexpr" for name in consts})
-    aligned = (0, 1, 2, 3, 4, 5, 6, 7, 10, 12, 13, 14, 15, 16, 17)  # pointers, K and strides
-    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in ALIGNED}
     compiled = triton.compile(GluonASTSource(fn=hopper.awq_hopper_kernel, signature=signature, constexprs=consts,
                                              attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg.num_warps))

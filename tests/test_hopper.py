@@ -22,10 +22,12 @@ MASK32 = 0xFFFFFFFF
 
 
 def _halves_to_float(bits: int, bf16: bool) -> tuple[float, float]:
-    lo, hi = bits & 0xFFFF, bits >> 16
-    if bf16:
-        return tuple(float(np.array([h << 16], dtype=np.uint32).view(np.float32)[0]) for h in (lo, hi))  # type: ignore[return-value]
-    return tuple(float(np.array([h], dtype=np.uint16).view(np.float16)[0]) for h in (lo, hi))  # type: ignore[return-value]
+    def half(h: int) -> float:
+        if bf16:  # bf16 is the top half of an fp32
+            return float(np.array([h << 16], dtype=np.uint32).view(np.float32)[0])
+        return float(np.array([h], dtype=np.uint16).view(np.float16)[0])
+
+    return half(bits & 0xFFFF), half(bits >> 16)
 
 
 def _float_to_half_bits(v: float, bf16: bool) -> int:
