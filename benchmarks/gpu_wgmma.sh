@@ -11,7 +11,7 @@ set -uo pipefail
 source "$(dirname "$0")/steps.sh"  # steps_init, step NAME MAX_SECONDS COMMAND...
 steps_init gpu_wgmma.sh 560 "tests tiles sweep after" "$@"
 
-step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k wgmma
+step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k wgmma
 tail -n 2 "$out/tests.log" 2>/dev/null; echo
 step tiles 150 python3 -m benchmarks.hopper_tiles --out "$out/tiles"
 grep -s -v "^check" "$out/tiles.log" | tail -n 16

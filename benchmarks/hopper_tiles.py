@@ -36,11 +36,15 @@ from awq_kernel_select.kernels.matmul import MatmulConfig
 from benchmarks import peers
 from benchmarks.kernels import SHAPE_SETS, make_layer, packed_bytes, rel_err, wgmma_sweep_configs
 
-# the table's tiles: w_first ones for few tokens (their M side padded to 16 or 32), then the
-# 64- and 128-token ones; a tile is timed only where M fits it without more than half padding
+# the table's tiles: w_first ones for few tokens (their M side padded to 16 or 32), the same
+# decoding into wgmma's A registers (a_regs), then the 64- and 128-token ones; a tile is timed
+# only where M fits it without more than half padding
 TILES = [HopperConfig(16, 128, 64, 2, 4, 4, True), HopperConfig(16, 256, 64, 3, 8, 4, True),
          HopperConfig(32, 128, 64, 2, 4, 4, True), HopperConfig(32, 128, 64, 3, 4, 2, True),
          HopperConfig(64, 128, 64, 2, 4, 2, True),
+         HopperConfig(16, 128, 64, 2, 4, 4, True, True), HopperConfig(16, 256, 64, 2, 8, 4, True, True),
+         HopperConfig(32, 128, 64, 3, 4, 4, True, True), HopperConfig(64, 128, 64, 2, 4, 2, True, True),
+         HopperConfig(64, 256, 64, 2, 8, 2, True, True),
          HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 128, 64, 3, 4, 2), HopperConfig(64, 256, 64, 2, 4),
          HopperConfig(128, 128, 64, 2, 8), HopperConfig(128, 256, 64, 2, 8), HopperConfig(128, 128, 64, 3, 8)]
 MS = [8, 16, 32, 64, 128, 256, 1024, 4096]
@@ -49,6 +53,15 @@ MS = [8, 16, 32, 64, 128, 256, 1024, 4096]
 def fits(cfg: HopperConfig, m: int) -> bool:
     """A tile worth timing at M: at most half of its token side padding, or M above it."""
     return m > cfg.block_m // 2
+
+
+def runs(cfg: HopperConfig, group_size: int) -> bool:
+    """The tile can take this group size (``a_regs`` tiles need two K steps per group)."""
+    try:
+        cfg.check(group_size)
+    except ValueError:
+        return False
+    return True
 
 
 def hopper_op(packed: L.PackedWeights, cfg: HopperConfig,
@@ -66,14 +79,18 @@ def check(out_dir: Path) -> list[dict[str, Any]]:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             ref = x.double() @ ref_w.t()
             dense = rel_err(torch.nn.functional.linear(x, ref_w.to(dtype)), ref)
-            for cfg in TILES:
+            for cfg in (c for c in TILES if runs(c, g)):
                 err = rel_err(hopper_op(packed, cfg)(x), ref)
                 rows.append({"K": k, "N": n, "G": g, "M": m, "dtype": str(dtype), "tile": str(cfg), "rel_err": err,
                              "dense_rel_err": dense})
                 print(f"check {k}x{n} g{g} M={m} {dtype} {cfg}: {err:.2e} (dense F.linear {dense:.2e})", flush=True)
         bias = torch.randn(n, device="cuda", dtype=torch.float16)
         x = torch.randn(40, k, device="cuda", dtype=torch.float16)
-        for cfg in (TILES[2], TILES[6]):  # w_first and not, both split
+        kinds: dict[tuple[bool, bool], HopperConfig] = {}  # a split tile of each kind: w_first, a_regs, neither
+        for c in TILES:
+            if c.split_k > 1 and runs(c, g):
+                kinds.setdefault((c.w_first, c.a_regs), c)
+        for cfg in kinds.values():
             err = rel_err(hopper_op(packed, cfg, bias)(x), x.double() @ ref_w.t() + bias.double())
             rows.append({"K": k, "N": n, "G": g, "M": 40, "tile": str(cfg), "bias": True, "rel_err": err})
             print(f"check {k}x{n} g{g} M=40 with bias {cfg}: {err:.2e}", flush=True)

@@ -68,6 +68,14 @@ def loop_counts(layout: str, cfg: matmul.MatmulConfig, use_ptx: bool,
 
 def _longest_loop(cubin: bytes) -> tuple[int, collections.Counter[str]]:
     """Registers per thread and the opcode counts of the longest loop of a compiled kernel."""
+    registers, body = _loop_sass(cubin)
+    ops = collections.Counter(_opcode(m.group(2), line) for line in body
+                              if (m := re.match(r"\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?([A-Z0-9_]+)", line)))
+    return registers, ops
+
+
+def _loop_sass(cubin: bytes) -> tuple[int, list[str]]:
+    """Registers per thread and the SASS lines of the longest loop of a compiled kernel."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
         path.write_bytes(cubin)
@@ -81,10 +89,8 @@ def _longest_loop(cubin: bytes) -> tuple[int, collections.Counter[str]]:
         m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
         if m and labels.get(m.group(1), i) < i and i + 1 - labels[m.group(1)] > len(body):
             body = lines[labels[m.group(1)]:i + 1]
-    ops = collections.Counter(_opcode(m.group(2), line) for line in body
-                              if (m := re.match(r"\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?([A-Z0-9_]+)", line)))
     registers = re.search(r"REG:(\d+)", usage)
-    return int(registers.group(1)) if registers else -1, ops
+    return int(registers.group(1)) if registers else -1, body
 
 
 def _opcode(name: str, line: str) -> str:
@@ -95,9 +101,66 @@ def _opcode(name: str, line: str) -> str:
 
 
 def hopper_loop_counts(cfg: hopper.HopperConfig, dtype: str = "fp16") -> tuple[int, collections.Counter[str]]:
-    """``loop_counts`` for the Gluon wgmma tile (``kernels/hopper.py``), with split-K."""
+    """``loop_counts`` for the Gluon wgmma tile (``kernels/hopper.py``), with split-K; with
+    ``a_regs`` the loop holds two K steps (``hopper_steps_per_loop``)."""
+    return _longest_loop(_hopper_cubin(cfg, dtype))
+
+
+def hopper_loop_sass(cfg: hopper.HopperConfig, dtype: str = "fp16") -> list[str]:
+    """The SASS lines of the wgmma tile's K loop."""
+    return _loop_sass(_hopper_cubin(cfg, dtype))[1]
+
+
+def hopper_steps_per_loop(cfg: hopper.HopperConfig) -> int:
+    """K steps per trip of the wgmma tile's K loop: two with ``a_regs`` (the kernel unrolls it)."""
+    return 2 if cfg.a_regs else 1
+
+
+def _written_registers(line: str) -> set[int]:
+    """The general registers an instruction writes: its first operand, 1, 2 (``.64``, ``.WIDE``)
+    or 4 (``.128``) of them; none for stores, copies and branches (their first operand is an
+    address or a label) or where it is a predicate."""
+    m = re.match(r"\s*(?:/\*[0-9a-f]+\*/)?\s*(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)\s+R(\d+)\b", line)
+    if m is None or m.group(1).split(".")[0] in ("STS", "STG", "ST", "LDGSTS", "RED", "ATOM"):
+        return set()
+    width = 4 if ".128" in m.group(1) else 2 if ".64" in m.group(1) or ".WIDE" in m.group(1) else 1
+    return set(range(int(m.group(2)), int(m.group(2)) + width))
+
+
+def a_register_hazards(body: list[str]) -> list[str]:
+    """Instructions of a K loop that write a register an in-flight wgmma reads as its A operand.
+
+    A wgmma group (HGMMAs up to the one marked ``gsb0``) reads its A registers (4 per HGMMA,
+    from the one named second) until a ``WARPGROUP.DEPBAR.LE gsb0, 0x1`` after the next group
+    retires it; the loop runs over and over, so the window wraps around its end. Empty where
+    every group's A registers are left alone until then (PTX leaves writing them undefined)."""
+    lines = [line for line in body if re.search(r"^\s*/\*[0-9a-f]+\*/", line)]
+    groups: list[tuple[int, set[int]]] = []  # (index of the group's last HGMMA, its A registers)
+    regs: set[int] = set()
+    for i, line in enumerate(lines):
+        m = re.search(r"HGMMA\.\S+ R\d+, R(\d+),", line)
+        if m:
+            regs |= set(range(int(m.group(1)), int(m.group(1)) + 4))
+            if "gsb0" in line:
+                groups.append((i, regs))
+                regs = set()
+    ends = {end for end, _ in groups}
+    found = []
+    for end, a_regs in groups:
+        next_issued = False  # walk on from the group, around the loop, to the wait that retires it
+        for step in range(1, len(lines) + 1):
+            i = (end + step) % len(lines)
+            if next_issued and "WARPGROUP.DEPBAR.LE gsb0, 0x1" in lines[i]:
+                break
+            next_issued = next_issued or i in ends
+            if _written_registers(lines[i]) & a_regs:
+                found.append(lines[i].strip())
+    return found
+
+
+def _hopper_cubin(cfg: hopper.HopperConfig, dtype: str) -> bytes:
     consts = dict(GROUP_SIZE=128, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, AHEAD=cfg.ahead,
-                  USE_SPLIT_K=cfg.split_k > 1, HAS_BIAS=False, W_FIRST=cfg.w_first)
+                  USE_SPLIT_K=cfg.split_k > 1, HAS_BIAS=False, W_FIRST=cfg.w_first, A_REGS=cfg.a_regs)
     # the same arguments as the Triton kernels', in the same order
     signature = dict(SIGNATURE, x_ptr=f"*{dtype}", out_ptr=f"*{dtype}", bias_ptr=f"*{dtype}",
                      **{name: "constexpr" for name in consts})
@@ -105,7 +168,8 @@ def hopper_loop_counts(cfg: hopper.HopperConfig, dtype: str = "fp16") -> tuple[i
     compiled = triton.compile(GluonASTSource(fn=hopper.awq_hopper_kernel, signature=signature, constexprs=consts,
                                              attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg.num_warps))
-    return _longest_loop(compiled.asm["cubin"])
+    cubin: bytes = compiled.asm["cubin"]
+    return cubin
 
 
 #: (layout, tile[, tokens dotted]): the tiles counted
@@ -134,7 +198,10 @@ TILES: list[tuple[str, matmul.MatmulConfig] | tuple[str, matmul.MatmulConfig, in
 #: the Gluon wgmma tiles counted (``kernels/hopper.py``)
 HOPPER_TILES = [hopper.HopperConfig(64, 128, 64, 2, 4), hopper.HopperConfig(128, 128, 64, 2, 8),
                 hopper.HopperConfig(64, 128, 64, 2, 4, 2), hopper.HopperConfig(16, 128, 64, 2, 4, 4, w_first=True),
-                hopper.HopperConfig(32, 128, 64, 3, 4, 4, w_first=True)]
+                hopper.HopperConfig(32, 128, 64, 3, 4, 4, w_first=True),
+                hopper.HopperConfig(16, 128, 64, 2, 4, 4, w_first=True, a_regs=True),
+                hopper.HopperConfig(32, 128, 64, 3, 4, 4, w_first=True, a_regs=True),
+                hopper.HopperConfig(16, 256, 64, 2, 8, 4, w_first=True, a_regs=True)]
 
 
 def main() -> None:
@@ -151,7 +218,8 @@ def main() -> None:
         _print_row(layout, tile, cfg.block_n * cfg.block_k / (32 * cfg.num_warps),
                    *loop_counts(layout, cfg, not args.no_ptx, args.dtype, tokens))
     for hcfg in HOPPER_TILES:
-        _print_row("gemv (wgmma)", str(hcfg), hcfg.block_n * hcfg.block_k / (32 * hcfg.num_warps),
+        _print_row("gemv (wgmma)", str(hcfg),
+                   hcfg.block_n * hcfg.block_k / (32 * hcfg.num_warps) * hopper_steps_per_loop(hcfg),
                    *hopper_loop_counts(hcfg, args.dtype))
 
 

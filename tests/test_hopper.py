@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from awq_kernel_select.kernels.hopper import HopperConfig, _dequant8_ptx, awq_hopper_matmul
+from awq_kernel_select.kernels.hopper import _A_PAIR_BF16, _A_PAIR_F16, HopperConfig, _dequant8_ptx, awq_hopper_matmul
 
 MASK32 = 0xFFFFFFFF
 
@@ -51,8 +51,9 @@ def _prmt(a: int, b: int, sel: int) -> int:
     return int.from_bytes(bytes(pool[(sel >> (4 * i)) & 0x7] for i in range(4)), "little")
 
 
-def run_ptx(ptx: str, inputs: dict[str, int], bf16: bool) -> list[int]:
-    """Run ``ptx`` (the decode's opcodes only) on 32-bit ``inputs`` ("$8" ...); the 16-bit outputs $0..$7."""
+def run_ptx(ptx: str, inputs: dict[str, int], bf16: bool, outputs_n: int = 8) -> list[int]:
+    """Run ``ptx`` (the decode's opcodes only) on 32-bit ``inputs`` ("$8" ...); the 16-bit outputs
+    $0 .. $(outputs_n - 1)."""
     regs: dict[str, int] = dict(inputs)
 
     def val(token: str) -> int:
@@ -82,7 +83,7 @@ def run_ptx(ptx: str, inputs: dict[str, int], bf16: bool) -> list[int]:
             regs[args[0]] = _pairwise(val(args[1]), val(args[2]), op.split(".")[0], bf16)
         else:
             raise AssertionError(f"opcode {op} is not modelled")
-    return [outputs[f"${i}"] for i in range(8)]
+    return [outputs[f"${i}"] for i in range(outputs_n)]
 
 
 def _split_output_moves(ptx: str) -> str:
@@ -110,6 +111,28 @@ def test_the_decode_ptx_gives_q_minus_z_times_s_in_k_order(bf16: bool) -> None:
         assert got == want, (q.tolist(), z, s)
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp16", "bf16"])
+def test_the_a_register_decode_gives_pair_p_of_each_word(bf16: bool) -> None:
+    """``a_regs``: pair p of a word (PRMT selector as ``_decode_pair`` makes it, zero bits as
+    ``_a_zero_bits``) is ``(q - z) * s`` of K 2p and 2p + 1, each rounded once."""
+    ptx = _split_output_moves((_A_PAIR_BF16 if bf16 else _A_PAIR_F16).value)
+    gen = np.random.default_rng(1)
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    for _ in range(200):
+        q = gen.integers(0, 16, 8)
+        z = int(gen.integers(0, 16))
+        s = float(torch.tensor(gen.uniform(-0.05, 0.05)).to(torch.float16).to(dtype))
+        word = int(sum(int(v) << (4 * i) for i, v in enumerate(q)))
+        zz = (0x4300 | z) * 0x10001 if bf16 else (0x6400 | z) | ((0x5400 | (z << 4)) << 16)
+        for p in range(4):
+            sel = 0x4400 + p * 0x1111 if bf16 else p * 0x1111
+            out = run_ptx(ptx, {"$2": word, "$3": sel, "$4": zz, "$5": _float_to_half_bits(s, bf16) * 0x10001}, bf16,
+                          outputs_n=2)
+            got = [_halves_to_float(bits, bf16)[0] for bits in out]
+            want = [float(torch.tensor((int(q[2 * p + h]) - z) * s, dtype=torch.float64).to(dtype)) for h in (0, 1)]
+            assert got == want, (q.tolist(), z, s, p)
+
+
 def test_decode_tile_joins_each_words_outputs_in_k_order() -> None:
     """``_decode_tile``'s joins on outputs o_0..o_7 of each word: column 8j + i of the tile must
     hold o_i of word j (torch.stack on a new last axis is Triton's ``join``)."""
@@ -130,6 +153,8 @@ def test_decode_tile_joins_each_words_outputs_in_k_order() -> None:
     (HopperConfig(block_k=128), "block_k"),
     (HopperConfig(block_m=12, w_first=True), "block_m .*multiple of 8"),
     (HopperConfig(block_m=16, block_n=96, w_first=True), "block_n .*16 rows per warp"),
+    (HopperConfig(a_regs=True), "a_regs .*only with w_first"),
+    (HopperConfig(block_m=16, block_k=128, w_first=True, a_regs=True), "block_k"),
 ])
 def test_tile_checks_name_the_field(cfg: HopperConfig, message: str) -> None:
     with pytest.raises(ValueError, match=message):

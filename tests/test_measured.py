@@ -188,7 +188,7 @@ def test_prefill_takes_a_wgmma_tile_only_from_a_prefill_bucket() -> None:
     assert old.config_for("gemm", "gemv", 2048, 11008, 4096, 128) == tl_dot.config
 
 
-def test_wgmma_tiles_are_read_for_the_gemv_layout_only(tmp_path: Path) -> None:
+def test_wgmma_tiles_are_read_for_the_gemv_layout_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = {"layout": "gemv", "K": 4096, "N": 11008, "G": 128, "M": 64, "path": "wgmma",
             "config": dataclasses.asdict(HopperConfig(64, 128, 64, 2, 4, 2).as_matmul())}
     path = tmp_path / "t.json"
@@ -198,6 +198,15 @@ def test_wgmma_tiles_are_read_for_the_gemv_layout_only(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="block_m"):
         measured.save_measurement("Fake GPU", (9, 0), path=path,
                                   tiles=[{**good, "config": {**good["config"], "block_m": 32}}])
+    regs = {**good, "M": 16, "config": dataclasses.asdict(HopperConfig(16, 128, 64, 2, 4, 4, True, True).as_matmul())}
+    measured.save_measurement("Fake GPU", (9, 0), tiles=[regs], path=path)  # the A-register tile reads back as itself
+    monkeypatch.setenv("AWQ_KERNEL_SELECT_TUNED", str(path))
+    facts = measured.facts_for("Fake GPU", (9, 0), use_overlay=False)
+    assert facts is not None and HopperConfig.from_matmul(facts.tiles[("gemv", 4096, 11008, 128, 16)].config).a_regs
+    with pytest.raises(ValueError, match="group size 64"):  # two K steps per group
+        measured.save_measurement("Fake GPU", (9, 0), path=path, tiles=[{**regs, "G": 64}])
+    with pytest.raises(ValueError, match="a_regs is for the wgmma tile"):
+        measured.save_measurement("Fake GPU", (9, 0), path=path, tiles=[{**regs, "path": "gemm"}])
 
 
 def test_the_wgmma_path_off_a_hopper_gpu_says_what_it_needs() -> None:

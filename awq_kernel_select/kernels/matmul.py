@@ -94,11 +94,12 @@ class MatmulConfig:
     w_first: bool = False
     prefetch: bool = False
     interleave_k: bool = False
+    a_regs: bool = False  # the wgmma tile only (kernels/hopper.py): the weights in wgmma's A registers
 
     def __str__(self) -> str:
         return (f"BM{self.block_m}/BN{self.block_n}/BK{self.block_k}/S{self.split_k}"
                 f"/w{self.num_warps}/s{self.num_stages}{'/WF' if self.w_first else ''}"
-                f"{'/PF' if self.prefetch else ''}{'/IK' if self.interleave_k else ''}")
+                f"{'/PF' if self.prefetch else ''}{'/IK' if self.interleave_k else ''}{'/AR' if self.a_regs else ''}")
 
     def takes_pairs(self, gemv_layout: bool) -> bool:
         """The tile can run the pair paths (GEMV layout, one, two or four tokens, K tiles of
@@ -131,6 +132,8 @@ class MatmulConfig:
             raise ValueError(f"{self}: w_first is for the tl.dot path (BLOCK_M >= 16)")
         if self.interleave_k and not gemv_layout:
             raise ValueError(f"{self}: interleave_k is for the GEMV layout (qweight [N, K/8])")
+        if self.a_regs:
+            raise ValueError(f"{self}: a_regs is for the wgmma tile (path 'wgmma', kernels/hopper.py)")
 
 
 def pair_block_m(m: int) -> int:
