@@ -44,7 +44,8 @@ TILES = [HopperConfig(16, 128, 64, 2, 4, 4, True), HopperConfig(16, 256, 64, 3, 
          HopperConfig(64, 128, 64, 2, 4, 2, True),
          HopperConfig(16, 128, 64, 2, 4, 4, True, True), HopperConfig(16, 256, 64, 2, 8, 4, True, True),
          HopperConfig(32, 128, 64, 3, 4, 4, True, True), HopperConfig(64, 128, 64, 2, 4, 2, True, True),
-         HopperConfig(64, 256, 64, 2, 8, 2, True, True),
+         HopperConfig(64, 256, 64, 2, 8, 2, True, True), HopperConfig(16, 128, 128, 2, 4, 4, True, True),
+         HopperConfig(32, 256, 128, 2, 8, 4, True, True),
          HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 128, 64, 3, 4, 2), HopperConfig(64, 256, 64, 2, 4),
          HopperConfig(128, 128, 64, 2, 8), HopperConfig(128, 256, 64, 2, 8), HopperConfig(128, 128, 64, 3, 8)]
 MS = [8, 16, 32, 64, 128, 256, 1024, 4096]
@@ -56,7 +57,7 @@ def fits(cfg: HopperConfig, m: int) -> bool:
 
 
 def runs(cfg: HopperConfig, group_size: int) -> bool:
-    """The tile can take this group size (``a_regs`` tiles need two K steps per group)."""
+    """The tile can take this group size (its K step divides it)."""
     try:
         cfg.check(group_size)
     except ValueError:

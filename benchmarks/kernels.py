@@ -246,9 +246,10 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
 def wgmma_sweep_configs(m: int, g: int) -> list[MatmulConfig]:
     """The Gluon wgmma tiles (``kernels/hopper.py``, GEMV layout, sm_90) tried at M, in the tables'
     form (``path: "wgmma"``). Up to 64 tokens ``w_first`` (the tokens on wgmma's N side, padded to
-    a power of two from 8) on 64-256 output columns, decoded into shared memory or (group 128 and
-    up: ``a_regs``) into wgmma's A registers; from 32 tokens also 64 on wgmma's M side, from 128
-    also 128 on 8 warps; 2 or 3 steps in flight; split-K where the output tiles are few."""
+    a power of two from 8) on 64-256 output columns, decoded into shared memory or (``a_regs``)
+    into wgmma's A registers; from 32 tokens also 64 on wgmma's M side, from 128 also 128 on 8
+    warps; 2 or 3 steps in flight; K steps of 64, or 128 where registers and shared memory allow;
+    split-K where the output tiles are few."""
     if g % 64:
         return []
     configs = []
@@ -256,14 +257,19 @@ def wgmma_sweep_configs(m: int, g: int) -> list[MatmulConfig]:
         bm = max(8, 1 << (m - 1).bit_length())
         configs += [HopperConfig(bm, bn, 64, ahead, warps, split, w_first=True).as_matmul()
                     for bn, warps in ((64, 4), (128, 4), (256, 8)) for ahead in (2, 3) for split in (2, 4, 8, 16)]
-        if g >= 128:  # two K steps per group
-            configs += [HopperConfig(bm, bn, 64, ahead, warps, split, w_first=True, a_regs=True).as_matmul()
-                        for bn, warps in ((128, 4), (256, 8)) for ahead in (2, 3) for split in (2, 4, 8, 16)]
+        if g % 128 == 0:
+            configs += [HopperConfig(bm, 128, 128, 2, 4, split, w_first=True).as_matmul() for split in (2, 4, 8, 16)]
+        # decoded into the A registers: K steps of 64, and up to 32 tokens of 128 (up to 255 registers)
+        configs += [HopperConfig(bm, bn, bk, ahead, warps, split, w_first=True, a_regs=True).as_matmul()
+                    for bk in (64, 128) if g % bk == 0 and (bk == 64 or bm <= 32)
+                    for bn, warps in ((128, 4), (256, 8)) for ahead in (2, 3) for split in (2, 4, 8, 16)]
     if m >= 32:
         shapes = [(64, 4)] + ([(128, 8)] if m >= 128 else [])
         configs += [HopperConfig(bm, bn, 64, ahead, warps, split).as_matmul()
                     for bm, warps in shapes for bn in (128, 256) for ahead in ((2,) if m <= 64 else (2, 3))
                     for split in ((1, 2, 4) if m <= 256 else (1,))]
+        if g % 128 == 0:  # K steps of 128 (shared memory allows it on the 64-token tile)
+            configs += [HopperConfig(64, 128, 128, 2, 4, split).as_matmul() for split in (1, 2, 4)]
     return configs
 
 

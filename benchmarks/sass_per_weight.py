@@ -201,7 +201,10 @@ HOPPER_TILES = [hopper.HopperConfig(64, 128, 64, 2, 4), hopper.HopperConfig(128,
                 hopper.HopperConfig(32, 128, 64, 3, 4, 4, w_first=True),
                 hopper.HopperConfig(16, 128, 64, 2, 4, 4, w_first=True, a_regs=True),
                 hopper.HopperConfig(32, 128, 64, 3, 4, 4, w_first=True, a_regs=True),
-                hopper.HopperConfig(16, 256, 64, 2, 8, 4, w_first=True, a_regs=True)]
+                hopper.HopperConfig(16, 256, 64, 2, 8, 4, w_first=True, a_regs=True),
+                hopper.HopperConfig(16, 128, 128, 2, 4, 4, w_first=True),
+                hopper.HopperConfig(16, 128, 128, 2, 4, 4, w_first=True, a_regs=True),
+                hopper.HopperConfig(64, 128, 128, 2, 4)]
 
 
 def main() -> None:

@@ -150,11 +150,11 @@ def test_decode_tile_joins_each_words_outputs_in_k_order() -> None:
 @pytest.mark.parametrize("cfg, message", [
     (HopperConfig(block_m=32), "block_m"),
     (HopperConfig(block_n=72 + 1), "block_n"),
-    (HopperConfig(block_k=128), "block_k"),
+    (HopperConfig(block_k=256), "block_k"),
     (HopperConfig(block_m=12, w_first=True), "block_m .*multiple of 8"),
     (HopperConfig(block_m=16, block_n=96, w_first=True), "block_n .*16 rows per warp"),
     (HopperConfig(a_regs=True), "a_regs .*only with w_first"),
-    (HopperConfig(block_m=16, block_k=128, w_first=True, a_regs=True), "block_k"),
+    (HopperConfig(128, 256, 128, 3, 8), "needs 368 KiB of shared memory"),
 ])
 def test_tile_checks_name_the_field(cfg: HopperConfig, message: str) -> None:
     with pytest.raises(ValueError, match=message):

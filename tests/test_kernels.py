@@ -401,7 +401,8 @@ WGMMA_TILES = [HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 256, 64, 3, 4, 
                HopperConfig(8, 128, 64, 2, 4, 8, True), HopperConfig(16, 64, 64, 3, 4, 4, True),
                HopperConfig(32, 256, 64, 2, 8, 2, True), HopperConfig(64, 128, 64, 2, 4, 1, True),
                HopperConfig(16, 128, 64, 2, 4, 4, True, True), HopperConfig(8, 256, 64, 3, 8, 16, True, True),
-               HopperConfig(64, 128, 32, 2, 4, 3, True, True)]
+               HopperConfig(64, 128, 32, 2, 4, 3, True, True), HopperConfig(16, 128, 128, 2, 4, 3, True, True),
+               HopperConfig(32, 256, 128, 3, 8, 1, True, True)]
 
 
 @pytest.mark.skipif(not HOPPER, reason="the wgmma tile (kernels/hopper.py) runs on sm_90 only")
@@ -412,7 +413,7 @@ def test_wgmma_tiles_match_float64(cfg: HopperConfig, dtype: torch.dtype) -> Non
     odd calls; split-K leaves its workspace clean (a dirty one would show in the next call's result).
     Splits of an ``a_regs`` tile are evened out (3 on K = 4096 / 32 steps: 43 each becomes 44)."""
     for (k, n), g in itertools.product(SHAPES[:2], (64, 128)):
-        if cfg.a_regs and g < 2 * cfg.block_k:  # two K steps per group
+        if g % cfg.block_k:  # a K step lies in one group
             continue
         packed = random_packed(k, n - 8, g, "gemv", seed=k + g)
         ref_w = L.dequantize(packed, torch.float64)
@@ -427,6 +428,24 @@ def test_wgmma_tiles_match_float64(cfg: HopperConfig, dtype: torch.dtype) -> Non
             assert out.dtype == dtype and rel_err(out, ref) < max(TOL, 1.5 * dense_err), f"{k}x{n - 8} g{g} M={m}"
     for workspace, tickets in _WORKSPACES.values():
         assert workspace.abs().sum().item() == 0 and tickets.abs().sum().item() == 0
+
+
+@pytest.mark.skipif(not HOPPER, reason="the wgmma tile (kernels/hopper.py) runs on sm_90 only")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_wgmma_a_regs_tiles_with_an_odd_number_of_k_steps(dtype: torch.dtype) -> None:
+    """``a_regs`` runs two K steps per trip: 33 steps of 128 (one split), and 18 + 15 (two), end
+    with a step past the split's end that must add nothing; 66 steps of 64 in one group each pair."""
+    k, n = 33 * 128, 1000
+    packed = random_packed(k, n, 128, "gemv", seed=3)
+    ref_w = L.dequantize(packed, torch.float64)
+    for cfg in (HopperConfig(16, 128, 128, 2, 4, 1, True, True), HopperConfig(16, 128, 128, 2, 4, 2, True, True),
+                HopperConfig(32, 128, 64, 2, 4, 3, True, True)):
+        for m in (3, 16, 29):
+            x = torch.randn(m, k, device=DEVICE, dtype=dtype)
+            ref = x.double() @ ref_w.t()
+            dense_err = rel_err(torch.nn.functional.linear(x, ref_w.to(dtype)), ref)
+            out = awq_linear(x, packed, path="wgmma", config=cfg.as_matmul())
+            assert rel_err(out, ref) < max(TOL, 1.5 * dense_err), f"{cfg} M={m}"
 
 
 @pytest.mark.skipif(not HOPPER, reason="the wgmma tile (kernels/hopper.py) runs on sm_90 only")

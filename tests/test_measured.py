@@ -203,8 +203,9 @@ def test_wgmma_tiles_are_read_for_the_gemv_layout_only(tmp_path: Path, monkeypat
     monkeypatch.setenv("AWQ_KERNEL_SELECT_TUNED", str(path))
     facts = measured.facts_for("Fake GPU", (9, 0), use_overlay=False)
     assert facts is not None and HopperConfig.from_matmul(facts.tiles[("gemv", 4096, 11008, 128, 16)].config).a_regs
-    with pytest.raises(ValueError, match="group size 64"):  # two K steps per group
-        measured.save_measurement("Fake GPU", (9, 0), path=path, tiles=[{**regs, "G": 64}])
+    wide = {**regs, "G": 64, "config": {**regs["config"], "block_k": 128}}
+    with pytest.raises(ValueError, match="block_k .*group size 64"):  # a K step lies in one group
+        measured.save_measurement("Fake GPU", (9, 0), path=path, tiles=[wide])
     with pytest.raises(ValueError, match="a_regs is for the wgmma tile"):
         measured.save_measurement("Fake GPU", (9, 0), path=path, tiles=[{**regs, "path": "gemm"}])
 

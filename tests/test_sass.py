@@ -86,11 +86,13 @@ for raw in json.loads(sys.argv[1]):
 """
 #: the Gluon wgmma tile (kernels/hopper.py), fp16 and bf16, with the tokens on wgmma's N side
 #: (w_first), and with the weights decoded into wgmma's A registers (a_regs), with the most
-#: instructions per weight each may take (4.2-4.4 counted; a_regs 3.8, in bf16 4.3)
+#: instructions per weight each may take (4.2-4.4 counted; a_regs 3.8, in bf16 4.3, with K steps
+#: of 128 3.4)
 HOPPER = [(HopperConfig(64, 128, 64, 2, 4, 2), "fp16", 4.6), (HopperConfig(64, 128, 64, 2, 4, 2), "bf16", 4.6),
           (HopperConfig(16, 128, 64, 2, 4, 4, w_first=True), "fp16", 4.6),
           (HopperConfig(16, 128, 64, 2, 4, 4, w_first=True, a_regs=True), "fp16", 4.0),
-          (HopperConfig(32, 128, 64, 3, 4, 4, w_first=True, a_regs=True), "bf16", 4.5)]
+          (HopperConfig(32, 128, 64, 3, 4, 4, w_first=True, a_regs=True), "bf16", 4.5),
+          (HopperConfig(16, 128, 128, 2, 4, 4, w_first=True, a_regs=True), "fp16", 3.6)]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,8 @@ def test_the_wgmma_tile_overlaps_its_mma_with_the_next_decode(hopper_counts: lis
     assert ops.get("HGMMA") == steps * cfg.block_k // 16 * (m_side // (16 * cfg.num_warps)), ops
     assert ops.get("LDGSTS", 0) >= 2 * steps and ops.get("WGMMA_WAIT_1") == steps and "WGMMA_WAIT_0" not in ops, ops
     rows = 1 if not cfg.a_regs else cfg.block_n // (8 * cfg.num_warps)  # zero and scale rows per thread
-    assert ops.get("LDG", 0) <= 2 * rows, f"only a zero and a scale per row are loaded to registers: {ops}"
+    groups = 2 if cfg.a_regs and cfg.block_k == 128 else 1  # per loop trip (the counts are for group 128)
+    assert ops.get("LDG", 0) <= 2 * rows * groups, f"only a zero and a scale per row and group are loaded: {ops}"
     per_weight = sum(ops.values()) / (steps * cfg.block_n * cfg.block_k / (32 * cfg.num_warps))
     top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
     assert per_weight <= budget, f"{per_weight:.2f} instructions per weight: {top}"

@@ -43,6 +43,10 @@ _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_g
 _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 
+#: shared memory one program may take on an sm_90 GPU (227 KiB), less a margin for the compiler's own
+SHARED_MEMORY = 220 * 1024
+
+
 @dataclass(frozen=True)
 class HopperConfig:
     """One tile of ``awq_hopper_kernel``: ``block_m`` tokens by ``block_n`` output columns by
@@ -82,6 +86,12 @@ class HopperConfig:
         return HopperConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_stages - 2, cfg.num_warps, cfg.split_k,
                             cfg.w_first, cfg.a_regs)
 
+    def shared_bytes(self) -> int:
+        """Shared memory of the rings (x and words, ``ahead + 2`` steps) and, unless ``a_regs``,
+        the two decoded tiles."""
+        ring = (self.ahead + 2) * (self.block_m * self.block_k * 2 + self.block_n * self.block_k // 8 * 4)
+        return ring + (0 if self.a_regs else 2 * self.block_n * self.block_k * 2)
+
     def check(self, group_size: int) -> None:
         rows, cols = (self.block_n, self.block_m) if self.w_first else (self.block_m, self.block_n)
         side = "block_n" if self.w_first else "block_m"
@@ -91,13 +101,13 @@ class HopperConfig:
         if cols % 8 or not 8 <= cols <= 256 or (not self.w_first and cols % 16):
             raise ValueError(f"{self}: {'block_m' if self.w_first else 'block_n'} (wgmma's N side) must be a "
                              f"multiple of {8 if self.w_first else 16} up to 256")
-        if self.block_k not in (32, 64) or group_size % self.block_k:
-            raise ValueError(f"{self}: block_k must be 32 or 64 and divide the group size {group_size}")
+        if self.block_k not in (32, 64, 128) or group_size % self.block_k:
+            raise ValueError(f"{self}: block_k must be 32, 64 or 128 and divide the group size {group_size}")
+        if self.shared_bytes() > SHARED_MEMORY:
+            raise ValueError(f"{self}: needs {self.shared_bytes() // 1024} KiB of shared memory, an H100 has "
+                             f"{SHARED_MEMORY // 1024}: fewer steps ahead, or a smaller block_k or tile")
         if self.a_regs and not self.w_first:
             raise ValueError(f"{self}: a_regs puts the weights in wgmma's A operand, which they are only with w_first")
-        if self.a_regs and group_size < 2 * self.block_k:
-            raise ValueError(f"{self}: a_regs takes two K steps per zero and scale: block_k must be at most half "
-                             f"the group size {group_size}")
 
 
 # One packed word to its 8 weights ``(q - z) * s`` in K order, as four 16-bit pairs: with ``t``
@@ -360,17 +370,28 @@ def awq_hopper_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, out_
     # their latency hides behind it
     zw, s = _zero_scale(qzeros_ptr, scales_ptr, d_rows, d_live, first * BLOCK_K // GROUP_SIZE, stride_qzeros,
                         stride_scales)
-    if A_REGS:  # two steps per trip, so that each step's A registers are its own (see _k_step). A group
-        # spans an even number of steps, and every split starts on an even step and takes an even number
-        # of them (the launcher sees to it): both steps of a trip are in one group
+    if A_REGS:  # two steps per trip, so that each step's A registers are its own (see _k_step); every split
+        # starts on an even step (the launcher sees to it), so where a group spans two steps or more both
+        # steps of a trip are in one group and share its zero and scale. An odd last step is followed by
+        # one past the split's end, whose copies, zeros and scales are all masked to zero: it adds nothing.
+        SHARED: gl.constexpr = GROUP_SIZE >= 2 * BLOCK_K
+        if not SHARED:  # the second step's group, also a trip ahead
+            zw2, s2 = _zero_scale(qzeros_ptr, scales_ptr, d_rows, d_live & (n_iters > 1),
+                                  (first + 1) * BLOCK_K // GROUP_SIZE, stride_qzeros, stride_scales)
         for i in range(0, n_iters, 2):
             zz, ss = _zero_scale_bits(zw, s, first + i, GROUP_SIZE, BLOCK_K, BF16, A_REGS)
             zw, s = _zero_scale(qzeros_ptr, scales_ptr, d_rows, d_live & (i + 2 < n_iters),
                                 (first + i + 2) * BLOCK_K // GROUP_SIZE, stride_qzeros, stride_scales)
+            if SHARED:
+                zz2, ss2 = zz, ss
+            else:
+                zz2, ss2 = _zero_scale_bits(zw2, s2, first + i + 1, GROUP_SIZE, BLOCK_K, BF16, A_REGS)
+                zw2, s2 = _zero_scale(qzeros_ptr, scales_ptr, d_rows, d_live & (i + 3 < n_iters),
+                                      (first + i + 3) * BLOCK_K // GROUP_SIZE, stride_qzeros, stride_scales)
             acc = _k_step(i, acc, zz, ss, x_ring, q_ring, w_bufs, x_ptrs, x_mask, q_ptrs, q_mask, pair, n_iters,
                           BLOCK_N, BLOCK_K, AHEAD, W_FIRST, A_REGS, d_layout, mma_layout)
-            acc = _k_step(i + 1, acc, zz, ss, x_ring, q_ring, w_bufs, x_ptrs, x_mask, q_ptrs, q_mask, pair, n_iters,
-                          BLOCK_N, BLOCK_K, AHEAD, W_FIRST, A_REGS, d_layout, mma_layout)
+            acc = _k_step(i + 1, acc, zz2, ss2, x_ring, q_ring, w_bufs, x_ptrs, x_mask, q_ptrs, q_mask, pair,
+                          n_iters, BLOCK_N, BLOCK_K, AHEAD, W_FIRST, A_REGS, d_layout, mma_layout)
     else:
         for i in range(n_iters):
             zz, ss = _zero_scale_bits(zw, s, first + i, GROUP_SIZE, BLOCK_K, BF16, A_REGS)
@@ -423,12 +444,12 @@ def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tens
         raise ValueError(f"awq_hopper_matmul takes fp16 or bf16 x, not {x.dtype}")
     if not x.is_cuda:
         raise ValueError(f"the wgmma tile runs on an sm_90 GPU (H100, H200); x is on {x.device}")
-    if K % (cfg.block_k * (2 if cfg.a_regs else 1)):  # a_regs: K / block_k is even (a group is two steps)
-        raise ValueError(f"K = {K} is not a multiple of {'twice ' if cfg.a_regs else ''}block_k = {cfg.block_k}")
+    if K % cfg.block_k:
+        raise ValueError(f"K = {K} is not a multiple of block_k = {cfg.block_k}")
     x = x.contiguous()
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     k_iters, split_k = split_k_iters(K // cfg.block_k, cfg.split_k)
-    if cfg.a_regs and k_iters % 2:  # every split starts on an even K step and takes an even number of them
+    if cfg.a_regs and k_iters % 2:  # every split starts on an even K step (two steps per trip)
         k_iters, split_k = k_iters + 1, _cdiv(K // cfg.block_k, k_iters + 1)
     grid = (_cdiv(N, cfg.block_n), _cdiv(M, cfg.block_m), split_k)
     if split_k > 1:
