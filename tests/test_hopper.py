@@ -10,13 +10,15 @@ check is ``python -m benchmarks.hopper_tiles``.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
 import pytest
 import torch
 
-from awq_kernel_select.kernels.hopper import _A_PAIR_BF16, _A_PAIR_F16, HopperConfig, _dequant8_ptx, awq_hopper_matmul
+from awq_kernel_select.kernels.hopper import (_A_PAIR_BF16, _A_PAIR_F16, HopperConfig, _dequant8_ptx,
+                                              awq_hopper_matmul, k_splits)
 
 MASK32 = 0xFFFFFFFF
 
@@ -166,3 +168,14 @@ def test_the_launcher_refuses_fp32_x_before_launching() -> None:
     q = torch.zeros(64, 16, dtype=torch.int32)
     with pytest.raises(ValueError, match="fp16 or bf16"):
         awq_hopper_matmul(x, q, torch.zeros(64, 1, dtype=torch.int32), torch.zeros(64, 8, dtype=torch.float16), 128)
+
+
+@pytest.mark.parametrize("a_regs", [False, True], ids=["smem", "a_regs"])
+def test_splits_cover_k_and_start_a_regs_trips_on_even_steps(a_regs: bool) -> None:
+    """Every step in exactly one split, no split empty, at most the splits asked for; with
+    ``a_regs`` every split starts on an even step (its trips' two steps share a group)."""
+    for steps, asked in itertools.product((1, 2, 7, 32, 33, 86, 172), (1, 2, 3, 4, 8, 16)):
+        k_iters, splits = k_splits(steps, HopperConfig(16, 128, 64, 2, 4, asked, True, a_regs))
+        starts = [s * k_iters for s in range(splits)]
+        assert splits <= asked and starts[-1] < steps <= splits * k_iters, (steps, asked, k_iters, splits)
+        assert not a_regs or k_iters % 2 == 0, (steps, asked, k_iters)

@@ -432,6 +432,15 @@ def _store_output(total, rows, cols, mask, out_ptr, bias_ptr, stride_om, N, HAS_
     gl.store(out_ptr + rows * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def k_splits(k_steps: int, cfg: HopperConfig) -> tuple[int, int]:
+    """K steps per split and the number of splits for ``cfg.split_k``, none empty; with ``a_regs``
+    the steps per split are even, so that every split starts on an even step (two per trip)."""
+    k_iters, split_k = split_k_iters(k_steps, cfg.split_k)
+    if cfg.a_regs and k_iters % 2:
+        k_iters, split_k = k_iters + 1, _cdiv(k_steps, k_iters + 1)
+    return k_iters, split_k
+
+
 def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                       group_size: int, cfg: HopperConfig = HopperConfig(),
                       bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -448,9 +457,7 @@ def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tens
         raise ValueError(f"K = {K} is not a multiple of block_k = {cfg.block_k}")
     x = x.contiguous()
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    k_iters, split_k = split_k_iters(K // cfg.block_k, cfg.split_k)
-    if cfg.a_regs and k_iters % 2:  # every split starts on an even K step (two steps per trip)
-        k_iters, split_k = k_iters + 1, _cdiv(K // cfg.block_k, k_iters + 1)
+    k_iters, split_k = k_splits(K // cfg.block_k, cfg)
     grid = (_cdiv(N, cfg.block_n), _cdiv(M, cfg.block_m), split_k)
     if split_k > 1:
         workspace, tickets = _workspace(x.device, current_stream(x.device), max(M, 16), N, grid[0] * grid[1])
