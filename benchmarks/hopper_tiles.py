@@ -4,7 +4,7 @@ beside fp16 cuBLAS and this library's current dispatch (``awq_linear``, GEMV lay
     python -m benchmarks.hopper_tiles --out /tmp/hopper [--shapes two] [--ms 16 32 ... 4096]
     python -m benchmarks.hopper_tiles --out /tmp/hopper --sweep [--ship] [--shapes all]
 
-``--sweep``: at each M bucket from 8 to 4096 (``--ms``), every tile of ``benchmarks.kernels.wgmma_sweep_configs``
+``--sweep``: at each M bucket from 2 to 4096 (``--ms``), every tile of ``benchmarks.kernels.wgmma_sweep_configs``
 against what the dispatch runs now (the incumbent: the tuned tile or dequantize + cuBLAS); where
 the best wgmma tile wins, it goes into the measured tiles with ``path: "wgmma"`` (the user's
 overlay, or with ``--ship`` the package's file for this GPU model) and ``auto`` takes it from the
@@ -49,6 +49,7 @@ TILES = [HopperConfig(16, 128, 64, 2, 4, 4, True), HopperConfig(16, 256, 64, 3, 
          HopperConfig(64, 128, 64, 2, 4), HopperConfig(64, 128, 64, 3, 4, 2), HopperConfig(64, 256, 64, 2, 4),
          HopperConfig(128, 128, 64, 2, 8), HopperConfig(128, 256, 64, 2, 8), HopperConfig(128, 128, 64, 3, 8)]
 MS = [8, 16, 32, 64, 128, 256, 1024, 4096]
+SWEEP_MS = [2, 4, *MS]  # at 2 and 4 tokens the 8-token A-register tiles against the pair paths
 
 
 def fits(cfg: HopperConfig, m: int) -> bool:
@@ -182,13 +183,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--shapes", default="two", choices=sorted(SHAPE_SETS))
-    parser.add_argument("--ms", type=int, nargs="+", default=MS)
+    parser.add_argument("--ms", type=int, nargs="+", help=f"default: {MS}, with --sweep {SWEEP_MS}")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--skip-check", action="store_true")
-    parser.add_argument("--sweep", action="store_true", help="tune the wgmma tiles at M = 8..4096 (see above)")
+    parser.add_argument("--sweep", action="store_true", help="tune the wgmma tiles at M = 2..4096 (see above)")
     parser.add_argument("--ship", action="store_true", help="with --sweep: into the package's file for this GPU")
     parser.add_argument("--group", type=int, default=128)
     args = parser.parse_args()
+    args.ms = args.ms or (SWEEP_MS if args.sweep else MS)
     args.out.mkdir(parents=True, exist_ok=True)
     print("device:", torch.cuda.get_device_name(0), flush=True)
     if args.sweep:

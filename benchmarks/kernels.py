@@ -245,13 +245,18 @@ def _sweep_configs(m: int, g: int, layout: str) -> list[MatmulConfig]:
 
 def wgmma_sweep_configs(m: int, g: int) -> list[MatmulConfig]:
     """The Gluon wgmma tiles (``kernels/hopper.py``, GEMV layout, sm_90) tried at M, in the tables'
-    form (``path: "wgmma"``). Up to 64 tokens ``w_first`` (the tokens on wgmma's N side, padded to
-    a power of two from 8) on 64-256 output columns, decoded into shared memory or (``a_regs``)
-    into wgmma's A registers; from 32 tokens also 64 on wgmma's M side, from 128 also 128 on 8
-    warps; 2 or 3 steps in flight; K steps of 64, or 128 where registers and shared memory allow;
-    split-K where the output tiles are few."""
+    form (``path: "wgmma"``). Below 8 tokens only the 8-token ``a_regs`` tiles (3.3-3.8 SASS
+    instructions per weight, all tokens, against 3.3-5.0 for the pair paths' FMA tiles at M = 2-4).
+    Up to 64 tokens ``w_first`` (the tokens on wgmma's N side, padded to a power of two from 8) on
+    64-256 output columns, decoded into shared memory or (``a_regs``) into wgmma's A registers;
+    from 32 tokens also 64 on wgmma's M side, from 128 also 128 on 8 warps; 2 or 3 steps in flight;
+    K steps of 64, or 128 where registers and shared memory allow; split-K where the output tiles
+    are few."""
     if g % 64:
         return []
+    if m < 8:  # the 8-token A-register tiles only, against the pair paths' FMA tiles
+        return [HopperConfig(8, bn, bk, 2, warps, split, w_first=True, a_regs=True).as_matmul()
+                for bk in (64, 128) if g % bk == 0 for bn, warps in ((128, 4), (256, 8)) for split in (4, 8, 16)]
     configs = []
     if m <= 64:
         bm = max(8, 1 << (m - 1).bit_length())
