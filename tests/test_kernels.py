@@ -16,6 +16,7 @@ from awq_kernel_select.kernels import awq_linear
 from awq_kernel_select.kernels.dispatch import DispatchPolicy, choose_path, default_plan
 from awq_kernel_select.kernels.hopper import HopperConfig
 from awq_kernel_select.kernels.matmul import _WORKSPACES, MatmulConfig
+from awq_kernel_select.kernels.reference import apply_epilogue
 
 from kernel_cases import DEVICE, GPU, MS, SHAPES, TOL, poison_allocator, random_packed, rel_err
 
@@ -446,6 +447,25 @@ def test_wgmma_a_regs_tiles_with_an_odd_number_of_k_steps(dtype: torch.dtype) ->
             dense_err = rel_err(torch.nn.functional.linear(x, ref_w.to(dtype)), ref)
             out = awq_linear(x, packed, path="wgmma", config=cfg.as_matmul())
             assert rel_err(out, ref) < max(TOL, 1.5 * dense_err), f"{cfg} M={m}"
+
+
+@pytest.mark.skipif(not HOPPER, reason="the wgmma tile (kernels/hopper.py) runs on sm_90 only")
+@pytest.mark.parametrize("epilogue", ["none", "silu_mul"])
+def test_wgmma_kept_launches_repeat_the_launch(epilogue: str) -> None:
+    """A module on the wgmma path keeps its launch per input shape, as on the fused paths: the
+    repeats give what the first call gives for new inputs, bias and epilogue included."""
+    from awq_kernel_select.modules import AKSLinearGEMV
+
+    k, n = SHAPES[0]
+    mod = AKSLinearGEMV.from_packed(random_packed(k, n, 128, "gemv", seed=8),
+                                    torch.randn(n, device=DEVICE, dtype=torch.float16))
+    mod.path = "wgmma"
+    ref_w = mod.dequantize(torch.float64)
+    for m in (17, 17, 40, 17, 40):
+        x = torch.randn(2, m, k, device=DEVICE, dtype=torch.float16)
+        ref = apply_epilogue(x.double() @ ref_w.t() + mod.bias.double(), epilogue)  # type: ignore[union-attr]
+        assert rel_err(mod(x, epilogue=epilogue), ref) < TOL, m
+    assert len(mod._replays) == 2
 
 
 @pytest.mark.skipif(not HOPPER, reason="the wgmma tile (kernels/hopper.py) runs on sm_90 only")

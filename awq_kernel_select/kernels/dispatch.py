@@ -36,7 +36,7 @@ import torch
 from ..layouts import PackedWeights
 from . import matmul
 from .dequant import dequantize_triton
-from .hopper import HopperConfig, awq_hopper_matmul
+from .hopper import HopperConfig, awq_hopper_matmul_with_replay
 from .launch import interpreting
 from .matmul import MatmulConfig, Replay, awq_matmul_with_replay, pair_block_m
 from .reference import EPILOGUES, Epilogue, apply_epilogue, output_width, reference_linear
@@ -383,10 +383,15 @@ def linear_with_replay(
         out = apply_epilogue(dequant_matmul(x2, weights, bias, plan.policy.dequant_chunk_bytes,
                                             plan.policy.dequant_chunk_min_cols).to(x.dtype), epilogue)
     elif chosen == "wgmma":
-        x16 = x2 if x2.dtype in (torch.float16, torch.bfloat16) else x2.to(torch.float16)
-        out = apply_epilogue(awq_hopper_matmul(x16, weights.qweight, weights.qzeros, weights.scales,
-                                               weights.group_size, HopperConfig.from_matmul(config or planned),
-                                               bias).to(x.dtype), epilogue)
+        kept = x2.dtype in (torch.float16, torch.bfloat16)  # fp32 x goes through a copy: no kept launch
+        out, launch_only = awq_hopper_matmul_with_replay(
+            x2 if kept else x2.to(torch.float16), weights.qweight, weights.qzeros, weights.scales,
+            weights.group_size, HopperConfig.from_matmul(config or planned), bias,
+            out_shape=(*lead, weights.out_features))
+        out = apply_epilogue(out.to(x.dtype), epilogue)
+        if kept and launch_only is not None:  # the epilogue (if any) in torch after it
+            wgmma_launch = launch_only
+            replay = wgmma_launch if epilogue == "none" else lambda x_new: apply_epilogue(wgmma_launch(x_new), epilogue)
     else:
         in_kernel = weights.layout == "gemv" or epilogue == "none"  # the kernel makes the epilogue (if any)
         out, replay = awq_matmul_with_replay(x2, weights.qweight, weights.qzeros, weights.scales, bias,

@@ -35,7 +35,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from .launch import launch
-from .matmul import MatmulConfig, _cdiv, _workspace, split_k_iters
+from .matmul import MatmulConfig, Replay, _cdiv, _workspace, kept_launch, split_k_iters
 from .scratch import current_stream
 
 # Names that changed after Triton 3.6 (the GPU stack): cp.async into shared memory, the CTA barrier
@@ -446,6 +446,16 @@ def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tens
                       bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x [M, K] @ W^T + bias`` for x in fp16 or bf16 and the GEMV layout's int4 ``W [N, K]``:
     ``[M, N]`` in x's dtype."""
+    return awq_hopper_matmul_with_replay(x, qweight, qzeros, scales, group_size, cfg, bias)[0]
+
+
+def awq_hopper_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
+                                  scales: torch.Tensor, group_size: int, cfg: HopperConfig,
+                                  bias: torch.Tensor | None = None, out_shape: tuple[int, ...] | None = None
+                                  ) -> tuple[torch.Tensor, Replay | None]:
+    """:func:`awq_hopper_matmul`, and the same launch for a new input with almost no Python
+    (``matmul.kept_launch``; None where Triton's launcher cannot be kept or ``x`` is not a
+    contiguous, 16-byte aligned ``[M, K]``), its output in ``out_shape`` (default ``[M, N]``)."""
     M, K = x.shape
     N = qweight.shape[0]
     cfg.check(group_size)
@@ -459,14 +469,21 @@ def awq_hopper_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tens
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     k_iters, split_k = k_splits(K // cfg.block_k, cfg)
     grid = (_cdiv(N, cfg.block_n), _cdiv(M, cfg.block_m), split_k)
+    stream = current_stream(x.device)
+    rows, tiles = max(M, 16), grid[0] * grid[1]
     if split_k > 1:
-        workspace, tickets = _workspace(x.device, current_stream(x.device), max(M, 16), N, grid[0] * grid[1])
+        workspace, tickets = _workspace(x.device, stream, rows, N, tiles)
     else:
         workspace, tickets = out, out  # unused
-    args = (x, qweight, qzeros, scales, out if bias is None else bias, out, workspace, tickets, M, N, K, k_iters,
-            split_k, x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0))
+    sizes = (M, N, K, k_iters, split_k, x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0),
+             out.stride(0))
+    args = (x, qweight, qzeros, scales, out if bias is None else bias, out, workspace, tickets, *sizes)
     meta = dict(GROUP_SIZE=group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                 AHEAD=cfg.ahead, USE_SPLIT_K=split_k > 1, HAS_BIAS=bias is not None, W_FIRST=cfg.w_first,
                 A_REGS=cfg.a_regs)
-    launch(awq_hopper_kernel, grid, args, meta, cfg.num_warps, 1)  # eager calls skip Triton's binder
-    return out
+    direct = launch(awq_hopper_kernel, grid, args, meta, cfg.num_warps, 1)  # eager calls skip Triton's binder
+    if direct is None or x.data_ptr() % 16:
+        return out, None
+    scratch = (workspace, tickets) if split_k > 1 else None
+    return out, kept_launch(direct, grid, stream, (qweight, qzeros, scales), bias, out, scratch, (rows, N, tiles),
+                            (*sizes, *meta.values()), out_shape if out_shape is not None else (M, N))

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import interpreting, launch
+from .launch import Launcher, interpreting, launch
 from .scratch import current_stream, persistent_zeros
 from .tiles import (
     bf16_in_f32,
@@ -808,15 +808,28 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
     direct = launch(kernel, grid, args, meta, cfg.num_warps, cfg.num_stages, launch_pdl=pdl)
     if direct is None or x.stride(0) != K or x.data_ptr() % 16:
         return out, None
-    # The launcher takes raw addresses as well as tensors: the layer's own are fixed.
-    fixed = (qweight.data_ptr(), qzeros.data_ptr(), scales.data_ptr())
-    bias_ptr = None if bias is None else bias.data_ptr()
-    spare = (workspace.data_ptr(), tickets.data_ptr()) if split_k > 1 else None
-    tail = (*sizes, *meta.values())
-    device, index = x.device, x.device.index if x.device.index is not None else torch.cuda.current_device()
-    scratch = (workspace, tickets) if split_k > 1 else ()
+    scratch = (workspace, tickets) if split_k > 1 else None
+    return out, kept_launch(direct, grid, stream, (qweight, qzeros, scales), bias, out, scratch, (rows, N, tiles),
+                            (*sizes, *meta.values()), out_shape if out_shape is not None else (M, width))
 
-    shape = out_shape if out_shape is not None else (M, width)
+
+def kept_launch(direct: Launcher, grid: tuple[int, int, int], stream: int,
+                layer: tuple[torch.Tensor, torch.Tensor, torch.Tensor], bias: torch.Tensor | None, out: torch.Tensor,
+                scratch: tuple[torch.Tensor, torch.Tensor] | None, scratch_size: tuple[int, int, int],
+                tail: tuple[object, ...], shape: tuple[int, ...]) -> Replay:
+    """The launch that ``direct`` just made, as a function ``x -> out`` for a new contiguous,
+    16-byte aligned input of the same dtype and number of elements, with almost no Python: the
+    kernel takes ``x, qweight, qzeros, scales, bias, out, workspace, tickets``, then ``tail``
+    (sizes, strides, constexprs). The output is new, in ``shape``. The layer's buffers go by raw
+    address (its caller keeps them alive). Split-K ``scratch`` (workspace, tickets) is the
+    launch's own on ``stream``; on another stream that stream's own ``_workspace(rows, n, tiles)``
+    (``scratch_size``)."""
+    fixed = tuple(t.data_ptr() for t in layer)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    spare = None if scratch is None else (scratch[0].data_ptr(), scratch[1].data_ptr())
+    rows, n, tiles = scratch_size
+    dtype, device = out.dtype, out.device
+    index = device.index if device.index is not None else torch.cuda.current_device()
 
     def replay(x_new: torch.Tensor) -> torch.Tensor:
         out_new = torch.empty(shape, dtype=dtype, device=device)
@@ -827,10 +840,9 @@ def awq_matmul_with_replay(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch
         elif now == stream:
             ws, tk = spare
         else:  # another stream: its own split-K scratch (kept alive by _WORKSPACES)
-            ws, tk = (t.data_ptr() for t in _workspace(device, now, rows, N, tiles))
+            ws, tk = (t.data_ptr() for t in _workspace(device, now, rows, n, tiles))
         direct(grid, now, (x_new.data_ptr(), *fixed, o if bias_ptr is None else bias_ptr, o, ws, tk, *tail))
         return out_new
 
-    replay.keep_alive = scratch  # type: ignore[attr-defined]
-
-    return out, replay
+    replay.keep_alive = scratch or ()  # type: ignore[attr-defined]
+    return replay
