@@ -102,8 +102,9 @@ class GpuFacts:
     multiprocessors: int | None = None
     crossover: MeasuredCrossover | None = None
     tiles: Mapping[TableKey, TunedEntry] = field(default_factory=dict)
-    tiles_from: str | None = None  # the GPU model the tiles were measured on, where not this one
+    tiles_from: str | None = None  # the GPU model the tiles (or those this one lacks) were measured on
     files: tuple[str, ...] = ()
+    own_tiles: int = 0  # how many of ``tiles`` were measured on this GPU model
 
     @property
     def chip(self) -> Chip | None:
@@ -113,6 +114,9 @@ class GpuFacts:
         if not self.tiles:
             return f"no tuned tiles for {self.gpu_name}: heuristic tiles (python -m benchmarks.kernels --sweep measures them)"
         where = ", ".join(Path(f).name for f in self.files)
+        if self.tiles_from is not None and self.own_tiles:
+            return (f"{self.own_tiles} of its tiles tuned on this GPU model, {len(self.tiles) - self.own_tiles} on "
+                    f"{self.tiles_from} (the same chip: {self.chip}; {where})")
         if self.tiles_from is not None:
             return (f"tiles tuned on {self.tiles_from} (the same chip: {self.chip}; this GPU has none of its own: "
                     f"{where})")
@@ -252,7 +256,9 @@ def _read_all(files: Iterable[Path], what: str) -> list[tuple[Path, dict[str, di
 def facts_for(name: str, capability: tuple[int, int], multiprocessors: int | None = None, *,
               use_overlay: bool = True) -> GpuFacts | None:
     """What was measured on GPU model ``name`` (None: nothing). ``multiprocessors`` (its SM count)
-    lets a GPU without tiles of its own use another model's of the same chip."""
+    lets a GPU use another model's tiles of the same chip for the shapes and token counts it has
+    not measured itself (all of them, where it has no tiles of its own): a sweep of some shapes,
+    or of one path, on this GPU then adds to the other model's table instead of hiding it."""
     cap = (int(capability[0]), int(capability[1]))
     key = gpu_key(name, cap)
     tables = _read_all(table_files(), "tuned table")
@@ -272,20 +278,25 @@ def facts_for(name: str, capability: tuple[int, int], multiprocessors: int | Non
         if sms is None and raw.get("multiprocessors") is not None:
             sms = int(raw["multiprocessors"])
     tiles_from = None
-    if not tiles and sms is not None:  # another model of the same chip, from the per-GPU files
+    own = len(tiles)
+    if sms is not None:  # another model of the same chip, from the per-GPU files: what this one lacks
         for path, entries in tables:
-            sibling = next((raw for raw in entries.values() if raw.get("multiprocessors") == sms
+            sibling = next((raw for k, raw in entries.items() if k != key and raw.get("multiprocessors") == sms
                             and tuple(raw["capability"]) == cap and raw["tiles"]), None)
             if sibling is not None:
-                tiles_from = str(sibling["gpu_name"])
-                same = [(p, e) for p, e in tables if gpu_key(tiles_from, cap) in e]
+                other = gpu_key(str(sibling["gpu_name"]), cap)
+                same = [(p, e) for p, e in tables if other in e]
+                borrowed: dict[TableKey, TunedEntry] = {}
                 for p, e in same:
-                    tiles.update(dict(_tile(t) for t in e[gpu_key(tiles_from, cap)]["tiles"]))
-                files += [str(p) for p, _ in same]
+                    borrowed.update(dict(_tile(t) for t in e[other]["tiles"]))
+                if borrowed.keys() - tiles.keys():
+                    tiles = {**borrowed, **tiles}
+                    tiles_from = str(sibling["gpu_name"])
+                    files += [str(p) for p, _ in same if str(p) not in files]
                 break
     if not files:
         return None
-    return GpuFacts(name, cap, sms, crossover, tiles, tiles_from, tuple(files))
+    return GpuFacts(name, cap, sms, crossover, tiles, tiles_from, tuple(files), own)
 
 
 def load_all(path: Path | None = None) -> dict[str, MeasuredCrossover]:

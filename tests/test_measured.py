@@ -105,6 +105,24 @@ def test_a_gpu_without_tiles_uses_a_same_chip_gpus_and_says_so(tmp_path: Path, m
     assert any("heuristic tiles" in r for r in s.reasons)
 
 
+def test_a_gpu_with_some_tiles_of_its_own_takes_the_rest_from_a_same_chip_gpu(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep of one path or a few shapes on a GPU (its file, or the user's overlay) adds to the
+    same-chip model's table: its own tiles win where both have one, the other model's serve the
+    rest, and the selection says which came from where."""
+    (tmp_path / "a.json").write_text(json.dumps(document("GPU A", [tile("gemv", 64, 32, 1, 32),
+                                                                  tile("gemv", 64, 32, 16, 32)])))
+    (tmp_path / "b.json").write_text(json.dumps(document("GPU B", [tile("gemv", 64, 32, 16, 64, path="gemm")])))
+    monkeypatch.setenv("AWQ_KERNEL_SELECT_TUNED", os.pathsep.join(str(tmp_path / n) for n in ("a.json", "b.json")))
+    b = measured.facts_for("GPU B", (9, 0), 132)
+    assert b is not None and b.tiles_from == "GPU A" and b.own_tiles == 1
+    assert b.tiles[("gemv", 64, 32, 32, 16)].config.block_n == 64  # its own
+    assert b.tiles[("gemv", 64, 32, 32, 1)].config.block_n == 32  # GPU A's
+    assert "1 of its tiles tuned on this GPU model, 1 on GPU A (the same chip" in b.describe_tiles()
+    a = measured.facts_for("GPU A", (9, 0), 132)  # nothing to take from GPU B: all its keys are GPU A's too
+    assert a is not None and a.tiles_from is None and len(a.tiles) == 2
+
+
 def test_the_shipped_h100_file_serves_the_h200_not_the_h100_pcie() -> None:
     """Measured on an H200 (docs/kernels.md): the H100's M = 1 tiles ran 1.89-2.75x fp16 there
     against the heuristic's 1.86-2.45x. The 114-SM H100 PCIe gets none."""
