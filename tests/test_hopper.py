@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -93,24 +94,33 @@ def _split_output_moves(ptx: str) -> str:
     return re.sub(r"mov\.b32 \{(\$\d+), (\$\d+)\}, (\w+);", r"mov.b32 \1, \2, \3;", ptx)
 
 
+def _random_words(seed: int, bf16: bool) -> Iterator[tuple[list[int], int, float, int]]:
+    """200 random words: their 8 nibbles q (in K order), a zero z, a scale s that fp16 holds (and,
+    for ``bf16``, rounded to bf16), and the packed word."""
+    gen = np.random.default_rng(seed)
+    for _ in range(200):
+        q = [int(v) for v in gen.integers(0, 16, 8)]
+        z = int(gen.integers(0, 16))
+        s = torch.tensor(gen.uniform(-0.05, 0.05)).to(torch.float16).to(torch.bfloat16 if bf16 else torch.float16)
+        yield q, z, float(s), sum(v << (4 * i) for i, v in enumerate(q))
+
+
+def _rounded_once(q: int, z: int, s: float, bf16: bool) -> float:
+    """``(q - z) * s`` exact, rounded once to fp16 or bf16."""
+    return float(torch.tensor((q - z) * s, dtype=torch.float64).to(torch.bfloat16 if bf16 else torch.float16))
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp16", "bf16"])
 def test_the_decode_ptx_gives_q_minus_z_times_s_in_k_order(bf16: bool) -> None:
     ptx = _split_output_moves(_dequant8_ptx(bf16))
     assert ptx.count("mov.b32 $") == 4, "four pairs out"
-    gen = np.random.default_rng(0)
-    dtype = torch.bfloat16 if bf16 else torch.float16
-    for _ in range(200):
-        q = gen.integers(0, 16, 8)
-        z = int(gen.integers(0, 16))
-        s = float(torch.tensor(gen.uniform(-0.05, 0.05)).to(torch.float16).to(dtype))
-        word = int(sum(int(v) << (4 * i) for i, v in enumerate(q)))
+    for q, z, s, word in _random_words(0, bf16):
         magic = 0x4300 if bf16 else 0x6400
         zz = (magic | z) * 0x10001
         ss = _float_to_half_bits(s, bf16) * 0x10001
         out = run_ptx(ptx, {"$8": word, "$9": zz, "$10": ss}, bf16)
         got = [_halves_to_float(bits, bf16)[0] for bits in out]
-        want = [float(torch.tensor((int(v) - z) * s, dtype=torch.float64).to(dtype)) for v in q]
-        assert got == want, (q.tolist(), z, s)
+        assert got == [_rounded_once(v, z, s, bf16) for v in q], (q, z, s)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp16", "bf16"])
@@ -118,21 +128,14 @@ def test_the_a_register_decode_gives_pair_p_of_each_word(bf16: bool) -> None:
     """``a_regs``: pair p of a word (PRMT selector as ``_decode_pair`` makes it, zero bits as
     ``_a_zero_bits``) is ``(q - z) * s`` of K 2p and 2p + 1, each rounded once."""
     ptx = _split_output_moves((_A_PAIR_BF16 if bf16 else _A_PAIR_F16).value)
-    gen = np.random.default_rng(1)
-    dtype = torch.bfloat16 if bf16 else torch.float16
-    for _ in range(200):
-        q = gen.integers(0, 16, 8)
-        z = int(gen.integers(0, 16))
-        s = float(torch.tensor(gen.uniform(-0.05, 0.05)).to(torch.float16).to(dtype))
-        word = int(sum(int(v) << (4 * i) for i, v in enumerate(q)))
+    for q, z, s, word in _random_words(1, bf16):
         zz = (0x4300 | z) * 0x10001 if bf16 else (0x6400 | z) | ((0x5400 | (z << 4)) << 16)
         for p in range(4):
             sel = 0x4400 + p * 0x1111 if bf16 else p * 0x1111
             out = run_ptx(ptx, {"$2": word, "$3": sel, "$4": zz, "$5": _float_to_half_bits(s, bf16) * 0x10001}, bf16,
                           outputs_n=2)
             got = [_halves_to_float(bits, bf16)[0] for bits in out]
-            want = [float(torch.tensor((int(q[2 * p + h]) - z) * s, dtype=torch.float64).to(dtype)) for h in (0, 1)]
-            assert got == want, (q.tolist(), z, s, p)
+            assert got == [_rounded_once(q[2 * p + h], z, s, bf16) for h in (0, 1)], (q, z, s, p)
 
 
 def test_decode_tile_joins_each_words_outputs_in_k_order() -> None:
